@@ -1,0 +1,6 @@
+"""The objectives: the regularised UFM and its relatives, each a pytree whose numeric
+hyperparameters are leaves and whose structure (K, d, n, loss, ...) is static."""
+
+from ufm.models.ufm import UFM, Params
+
+__all__ = ["UFM", "Params"]

@@ -1,0 +1,126 @@
+"""The regularised unconstrained features model (Mixon et al.; Zhu et al. 2021; Zhou et al. 2022).
+
+    f(W, H, b) = (1/N) sum_i loss(W h_i + b, y_i) + lam_W/2 ||W||_F^2 + lam_H/2 ||H||_F^2
+                 + lam_b/2 ||b||^2
+
+W in R^{K x d}, H in R^{d x N} (columns ordered class by class), b in R^K. The bias may be absent
+(bias=False), free (lam_b = 0) or regularised (lam_b > 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from ufm.losses import LOSSES
+from ufm.models._base import (
+    check_choice,
+    check_int,
+    check_real,
+    class_counts,
+    frobenius_sq,
+    register_model,
+)
+
+__all__ = ["Params", "UFM"]
+
+
+class Params(NamedTuple):
+    """Parameters of a UFM: classifier W (K, d), features H (d, N), bias b (K,) or None."""
+
+    W: Array
+    H: Array
+    b: Array | None
+
+
+@register_model(leaves=("lam_W", "lam_H", "lam_b"))
+@dataclasses.dataclass(frozen=True)
+class UFM:
+    """Regularised UFM: mean loss of the logits W H + b plus lam/2 times squared Frobenius norms.
+
+    Args:
+      K: number of classes (>= 2).
+      d: feature dimension (>= 1).
+      n: samples per class: an int (balanced) or a length-K sequence of counts (imbalanced).
+      loss: "ce" (cross-entropy) or "mse" (one-hot targets, 1/(2N) sum of squares).
+      lam_W, lam_H, lam_b: weight decays (>= 0). Pytree leaves: vmappable, never recompile.
+      bias: whether the model has a bias b (free when lam_b = 0).
+    """
+
+    K: int
+    d: int
+    n: int | tuple[int, ...] = 1
+    loss: str = "ce"
+    lam_W: float = 5e-4
+    lam_H: float = 5e-4
+    lam_b: float = 5e-4
+    bias: bool = True
+
+    def __post_init__(self):
+        K = check_int("K", self.K, 2)
+        object.__setattr__(self, "d", check_int("d", self.d, 1))
+        counts = class_counts(self.n, K)
+        object.__setattr__(self, "n", counts[0] if len(set(counts)) == 1 else counts)
+        check_choice("loss", self.loss, LOSSES)
+        for name in ("lam_W", "lam_H", "lam_b"):
+            object.__setattr__(self, name, check_real(name, getattr(self, name)))
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be True or False, got bias={self.bias!r}")
+
+    # --- structure (static) -------------------------------------------------------------------
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """Samples per class, (n_1, ..., n_K)."""
+        return (self.n,) * self.K if isinstance(self.n, int) else self.n
+
+    @property
+    def balanced(self) -> bool:
+        return isinstance(self.n, int)
+
+    @property
+    def N(self) -> int:
+        """Total number of samples."""
+        return sum(self.counts)
+
+    @property
+    def labels(self) -> Array:
+        """(N,) int class of each column of H, in blocks: n_1 zeros, n_2 ones, ..."""
+        return jnp.asarray(np.repeat(np.arange(self.K), self.counts))
+
+    @property
+    def targets(self) -> Array:
+        """(N, K) one-hot target of each sample (the rows of Y^T)."""
+        return jax.nn.one_hot(self.labels, self.K)
+
+    # --- parameters and objective ---------------------------------------------------------------
+    def init(self, key: Array, scale: float | None = None, dtype=None) -> Params:
+        """Gaussian start: entries of W and H i.i.d. N(0, scale^2), scale = 1/sqrt(d) by default; b = 0."""
+        scale = 1.0 / np.sqrt(self.d) if scale is None else scale
+        kW, kH = jax.random.split(key)
+        W = scale * jax.random.normal(kW, (self.K, self.d), dtype)
+        H = scale * jax.random.normal(kH, (self.d, self.N), dtype)
+        b = jnp.zeros((self.K,), W.dtype) if self.bias else None
+        return Params(W, H, b)
+
+    def logits(self, params: Params) -> Array:
+        """(N, K) logits z_i = W h_i + b."""
+        Z = params.H.T @ params.W.T
+        return Z if params.b is None else Z + params.b
+
+    def data_loss(self, params: Params) -> Array:
+        """The mean loss (1/N) sum_i loss(z_i, y_i), without penalties."""
+        return LOSSES[self.loss](self.logits(params), self.targets.astype(params.W.dtype))
+
+    def penalty(self, params: Params) -> Array:
+        """lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2."""
+        r = 0.5 * (self.lam_W * frobenius_sq(params.W) + self.lam_H * frobenius_sq(params.H))
+        return r if params.b is None else r + 0.5 * self.lam_b * frobenius_sq(params.b)
+
+    def objective(self, params: Params) -> Array:
+        """f(W, H, b): mean loss plus penalties (THEORY.md section 0)."""
+        return self.data_loss(params) + self.penalty(params)
