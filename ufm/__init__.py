@@ -1,7 +1,24 @@
 """ufm: a pure-JAX simulator of the unconstrained features model for Neural Collapse theory."""
 
-from ufm import geometry, losses
+from ufm import geometry, losses, plot
+from ufm.metrics import nc_metrics
 from ufm.models import UFM, Params
+from ufm.solve import Result, solve
+from ufm.theory import CheckReport, NoClosedForm, Optimum, check, optimum
 
-__all__ = ["UFM", "Params", "geometry", "losses"]
+__all__ = [
+    "UFM",
+    "CheckReport",
+    "NoClosedForm",
+    "Optimum",
+    "Params",
+    "Result",
+    "check",
+    "geometry",
+    "losses",
+    "nc_metrics",
+    "optimum",
+    "plot",
+    "solve",
+]
 __version__ = "0.1.0"

@@ -34,6 +34,7 @@ def metric_curves(history: dict, keys=("nc1", "nc2", "nc2_W", "nc3"), ax=None) -
             for row in y:
                 ax.plot(x[ok], np.abs(row[ok]), color=color, alpha=0.25, lw=0.8)
         ax.plot(x[ok], np.median(np.abs(y), axis=0)[ok], color=color, lw=2, label=k)
+    ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-18))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -43,16 +44,18 @@ def metric_curves(history: dict, keys=("nc1", "nc2", "nc2_W", "nc3"), ax=None) -
 
 
 def gram_vs_etf(W: np.ndarray, target: np.ndarray | None = None, axes=None, title="W") -> Figure:
-    """Heatmaps of the unit-Frobenius Gram of the rows of W next to the target (the ETF Gram)."""
+    """Heatmaps of the unit-Frobenius Gram of the rows of W next to a target Gram, normalised
+    the same way (default: the simplex ETF Gram P/sqrt(K-1))."""
     W = np.asarray(W)
     K = W.shape[0]
     target = np.asarray(etf_gram(K)) if target is None else np.asarray(target)
+    target = target / np.linalg.norm(target)
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
     fig = axes[0].figure
     G = _normalised_gram(W)
     lim = max(np.abs(G).max(), np.abs(target).max())
-    for ax, M, name in zip(axes, (G, target), (f"Gram of {title}", "simplex ETF"), strict=True):
+    for ax, M, name in zip(axes, (G, target), (f"Gram of {title}", "theory"), strict=True):
         im = ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
         ax.set_title(name)
         ax.set_xticks([])

@@ -18,6 +18,7 @@ import numpy as np
 from jax import Array
 
 from ufm.losses import LOSSES
+from ufm.metrics import nc_metrics
 from ufm.models._base import (
     check_choice,
     check_int,
@@ -124,3 +125,9 @@ class UFM:
     def objective(self, params: Params) -> Array:
         """f(W, H, b): mean loss plus penalties (THEORY.md section 0)."""
         return self.data_loss(params) + self.penalty(params)
+
+    def metrics(self, params: Params) -> dict[str, Array]:
+        """NC metrics of the parameters (`ufm.nc_metrics`); uncentred class means for the MSE
+        model without bias, whose optimum is an orthogonal frame (THEORY 8, the OF pitfall)."""
+        mean = "zero" if (self.loss == "mse" and not self.bias) else "weighted"
+        return nc_metrics(params.H, self.labels, W=params.W, b=params.b, mean=mean)

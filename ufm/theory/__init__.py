@@ -1,0 +1,10 @@
+"""Closed-form global optima of the models and the checks that compare a result to them.
+
+`optimum(model)` dispatches on the model's type; each model family registers its closed forms in
+its own submodule. `check(model, params)` compares any parameters with the optimum.
+"""
+
+from ufm.theory._base import CheckReport, NoClosedForm, Optimum, check, optimum
+from ufm.theory import regularized as _regularized  # noqa: F401  (registers UFM)
+
+__all__ = ["CheckReport", "NoClosedForm", "Optimum", "check", "optimum"]

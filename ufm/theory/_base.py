@@ -1,0 +1,122 @@
+"""The optimum dispatcher, its result type, and the theory-vs-simulation report."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+
+class NoClosedForm(ValueError):
+    """Theory gives no closed-form optimum for this model (the message says why)."""
+
+
+class Optimum(NamedTuple):
+    """A global minimum value and one minimiser (unique up to rotations of feature space)."""
+
+    value: float
+    params: Any
+
+
+@functools.singledispatch
+def optimum(model) -> Optimum:
+    """The global optimum of ``model.objective`` where theory knows it; else raises NoClosedForm."""
+    raise NoClosedForm(f"no closed-form optimum is known for {type(model).__name__}")
+
+
+def _gram_gap(X, X_star) -> float:
+    """|| X X^T/||X X^T||_F - X* X*^T/||X* X*^T||_F ||_F: rotation-invariant shape distance."""
+    G, G_star = X @ X.T, X_star @ X_star.T
+    nG, nS = np.linalg.norm(G), np.linalg.norm(G_star)
+    if nS == 0 or nG == 0:
+        return math.nan
+    return float(np.linalg.norm(G / nG - G_star / nS))
+
+
+def _norm(x) -> float:
+    return float(np.linalg.norm(np.asarray(x)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    """Theory vs simulation for one run.
+
+    objective, optimum, gap: f, f* and the relative gap (f - f*)/|f*|.
+    metrics: the model's NC metrics at `params` (see `ufm.nc_metrics`).
+    gram_gap_W, gram_gap_H: distance between the normalised Gram of W (of the class means) and
+      the predicted one; NaN when the optimum is zero.
+    norm_ratio, norm_ratio_predicted: ||W||_F/||H||_F measured and at the optimum.
+    zero_optimum: the optimum is W = H = 0 (metrics are then undefined).
+    """
+
+    objective: float
+    optimum: float
+    gap: float
+    metrics: dict[str, float]
+    gram_gap_W: float
+    gram_gap_H: float
+    norm_ratio: float
+    norm_ratio_predicted: float
+    zero_optimum: bool
+
+    def rows(self) -> list[tuple[str, float, float, float]]:
+        """(quantity, simulation, theory, gap) rows; NC metrics are predicted to be 0."""
+        rows = [("objective", self.objective, self.optimum, abs(self.gap))]
+        if self.zero_optimum:
+            return rows + [("||W||_F/||H||_F", self.norm_ratio, math.nan, math.nan)]
+        for k in ("nc1", "nc2", "nc2_W", "nc3", "nc4"):
+            if k in self.metrics:
+                v = self.metrics[k]
+                rows.append((k, v, 0.0, abs(v)))
+        rows.append(("Gram(W) vs theory", self.gram_gap_W, 0.0, abs(self.gram_gap_W)))
+        rows.append(("Gram(means) vs theory", self.gram_gap_H, 0.0, abs(self.gram_gap_H)))
+        r, rp = self.norm_ratio, self.norm_ratio_predicted
+        rows.append(("||W||_F/||H||_F", r, rp, abs(r - rp) / abs(rp)))
+        return rows
+
+    def max_gap(self) -> float:
+        """Largest entry of the gap column (objective gap relative, the rest absolute)."""
+        return max(g for *_, g in self.rows() if not math.isnan(g))
+
+    def table(self) -> str:
+        """The rows as an aligned text table."""
+        lines = [f"{'quantity':<24}{'simulation':>14}{'theory':>14}{'gap':>11}"]
+        for name, sim, th, gap in self.rows():
+            lines.append(f"{name:<24}{sim:>14.6g}{th:>14.6g}{gap:>11.2e}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def check(model, params, opt: Optimum | None = None) -> CheckReport:
+    """Compare `params` with the model's closed-form optimum (computed if `opt` is not given)."""
+    opt = optimum(model) if opt is None else opt
+    f = float(model.objective(params))
+    f_star = float(opt.value)
+    metrics = {k: float(v) for k, v in model.metrics(params).items()}
+    W, H = np.asarray(params.W), np.asarray(params.H)
+    W_s, H_s = np.asarray(opt.params.W), np.asarray(opt.params.H)
+    Y = np.asarray(model.targets)  # (N, K): class means as H Y / counts
+    means, means_s = H @ Y / Y.sum(0), H_s @ Y / Y.sum(0)
+    zero = _norm(W_s) == 0
+    return CheckReport(
+        objective=f,
+        optimum=f_star,
+        gap=(f - f_star) / abs(f_star),
+        metrics=metrics,
+        gram_gap_W=_gram_gap(W, W_s),
+        gram_gap_H=_gram_gap(means.T, means_s.T),
+        norm_ratio=_norm(W) / _norm(H) if _norm(H) > 0 else math.nan,
+        norm_ratio_predicted=math.nan if zero else _norm(W_s) / _norm(H_s),
+        zero_optimum=zero,
+    )
+
+
+def as_float(x) -> float:
+    """A concrete hyperparameter as a Python float (theory runs in plain Python)."""
+    return float(jnp.asarray(x))
