@@ -45,8 +45,13 @@ class Result(NamedTuple):
 
 def default_optimizer() -> optax.GradientTransformationExtraArgs:
     """L-BFGS (memory 10) with a zoom line search: reaches relative gaps ~1e-15 in float64 within
-    a few hundred steps on the smooth UFM objectives."""
-    return optax.lbfgs()
+    a few hundred steps on the smooth UFM objectives. One shared instance, so that repeated
+    `solve` calls with the default reuse the compiled loop (the optimizer is a static argument:
+    pass the same optimizer object to avoid recompiling)."""
+    return _DEFAULT_OPTIMIZER
+
+
+_DEFAULT_OPTIMIZER = optax.lbfgs()
 
 
 def _tree_norm(t) -> Array:

@@ -111,7 +111,7 @@ class UFM:
     def logits(self, params: Params) -> Array:
         """(N, K) logits z_i = W h_i + b."""
         Z = params.H.T @ params.W.T
-        return Z if params.b is None else Z + params.b
+        return Z if params.b is None else Z + params.b[None, :]
 
     def data_loss(self, params: Params) -> Array:
         """The mean loss (1/N) sum_i loss(z_i, y_i), without penalties."""
