@@ -87,7 +87,7 @@ def test_labels_targets_and_counts():
 
 def test_hyperparameters_are_leaves_and_vmap(key):
     m = ufm.UFM(K=3, d=4, n=2, lam_W=1e-3)
-    assert jax.tree.leaves(m) == [1e-3, 5e-4, 5e-4]
+    assert jax.tree.leaves(m) == [1e-3, 5e-4, 5e-4, 0.0, 0.0]  # lam_W, lam_H, lam_b, alpha, gamma
     p = m.init(key)
     lams = jnp.array([1e-3, 1e-2, 1e-1])
     mb = ufm.UFM(K=3, d=4, n=2, lam_W=lams)  # a batch of models: only lam_W varies

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ufm.losses import LOSSES
+from ufm.losses import LOSSES, PARAMETRIC_LOSSES
 from ufm.metrics import nc_metrics
 from ufm.models._base import (
     check_choice,
@@ -25,6 +25,7 @@ from ufm.models._base import (
     check_real,
     class_counts,
     frobenius_sq,
+    is_concrete,
     register_model,
 )
 
@@ -39,7 +40,7 @@ class Params(NamedTuple):
     b: Array | None
 
 
-@register_model(leaves=("lam_W", "lam_H", "lam_b"))
+@register_model(leaves=("lam_W", "lam_H", "lam_b", "alpha", "gamma"))
 @dataclasses.dataclass(frozen=True)
 class UFM:
     """Regularised UFM: mean loss of the logits W H + b plus lam/2 times squared Frobenius norms.
@@ -48,9 +49,14 @@ class UFM:
       K: number of classes (>= 2).
       d: feature dimension (>= 1).
       n: samples per class: an int (balanced) or a length-K sequence of counts (imbalanced).
-      loss: "ce" (cross-entropy) or "mse" (one-hot targets, 1/(2N) sum of squares).
+      loss: "ce" (cross-entropy), "mse" (one-hot targets, 1/(2N) sum of squares), "ls" (label
+        smoothing with weight alpha, `ufm.losses.label_smoothing`) or "focal" (focal loss with
+        exponent gamma, `ufm.losses.focal`).
       lam_W, lam_H, lam_b: weight decays (>= 0). Pytree leaves: vmappable, never recompile.
       bias: whether the model has a bias b (free when lam_b = 0).
+      alpha: label-smoothing weight in [0, 1], used only by loss="ls" (0 there is plain CE).
+      gamma: focal exponent (>= 0), used only by loss="focal" (0 there is plain CE).
+      alpha and gamma are pytree leaves too; each must stay 0 for the other losses.
     """
 
     K: int
@@ -61,17 +67,30 @@ class UFM:
     lam_H: float = 5e-4
     lam_b: float = 5e-4
     bias: bool = True
+    alpha: float = 0.0
+    gamma: float = 0.0
 
     def __post_init__(self):
         K = check_int("K", self.K, 2)
         object.__setattr__(self, "d", check_int("d", self.d, 1))
         counts = class_counts(self.n, K)
         object.__setattr__(self, "n", counts[0] if len(set(counts)) == 1 else counts)
-        check_choice("loss", self.loss, LOSSES)
+        check_choice("loss", self.loss, {**LOSSES, **PARAMETRIC_LOSSES})
         for name in ("lam_W", "lam_H", "lam_b"):
             object.__setattr__(self, name, check_real(name, getattr(self, name)))
         if not isinstance(self.bias, bool):
             raise ValueError(f"bias must be True or False, got bias={self.bias!r}")
+        object.__setattr__(self, "alpha", check_real("alpha", self.alpha))
+        object.__setattr__(self, "gamma", check_real("gamma", self.gamma))
+        if is_concrete(self.alpha) and np.any(np.asarray(self.alpha, dtype=float) > 1):
+            raise ValueError(f"alpha must be in [0, 1], got alpha={self.alpha!r}")
+        for name, loss in (("alpha", "ls"), ("gamma", "focal")):
+            value = getattr(self, name)
+            if self.loss != loss and is_concrete(value) and np.any(np.asarray(value) != 0):
+                raise ValueError(
+                    f"{name} is used only with loss={loss!r}; with loss={self.loss!r} it must be "
+                    f"0, got {name}={value!r}"
+                )
 
     # --- structure (static) -------------------------------------------------------------------
     @property
@@ -115,7 +134,11 @@ class UFM:
 
     def data_loss(self, params: Params) -> Array:
         """The mean loss (1/N) sum_i loss(z_i, y_i), without penalties."""
-        return LOSSES[self.loss](self.logits(params), self.targets.astype(params.W.dtype))
+        logits, targets = self.logits(params), self.targets.astype(params.W.dtype)
+        if self.loss in PARAMETRIC_LOSSES:
+            fn, name = PARAMETRIC_LOSSES[self.loss]
+            return fn(logits, targets, jnp.asarray(getattr(self, name), logits.dtype))
+        return LOSSES[self.loss](logits, targets)
 
     def penalty(self, params: Params) -> Array:
         """lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2."""

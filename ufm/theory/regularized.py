@@ -64,13 +64,118 @@ def _ce(model: UFM, lam_W: float, lam_H: float) -> Optimum:
             "only the threshold n_B <= N^2 lam_W lam_H is exact)"
         )
     if d < K - 1:
-        raise NoClosedForm(f"CE needs d >= K-1 for the ETF optimum, got d={d}, K={K} (see THEORY 7)")
+        raise NoClosedForm(
+            f"CE needs d >= K-1 for the ETF optimum, got d={d}, K={K} (see THEORY 7)"
+        )
     c = math.sqrt(n * lam_W * lam_H)
-    s = ce_margin(K, c)
+    return _etf_optimum(model, lam_W, lam_H, ce_margin(K, c), ce_value(K, c))
+
+
+def _etf_optimum(model: UFM, lam_W: float, lam_H: float, s: float, value: float) -> Optimum:
+    """The NC optimum with margin s: W rows a simplex ETF with ||w_k||^2 = rho sqrt(n lam_H/lam_W),
+    rho = (K-1)s/K, h_{k,i} = sqrt(lam_W/(n lam_H)) w_k, b = 0 (THEORY 1; shared by CE, LS, FL)."""
+    K, d, n = model.K, model.d, model.n
     rho = (K - 1) * s / K
     M = _frame(d, K - 1) @ np.asarray(orthonormal_basis(K)).T * math.sqrt(K / (K - 1))  # (d, K)
     W = math.sqrt(rho * math.sqrt(n * lam_H / lam_W)) * M.T
-    return Optimum(ce_value(K, c), _as_params(model, W, _features(model, W, lam_W, lam_H), 0.0))
+    return Optimum(value, _as_params(model, W, _features(model, W, lam_W, lam_H), 0.0))
+
+
+# --- label smoothing and focal loss (Zhou et al., NeurIPS 2022; THEORY.md section 6) -------------
+def ls_margin(K: int, c: float, alpha: float) -> float:
+    """Optimal margin of label-smoothed CE on the ETF: s* = log((K-1)(1-p)/p) with
+    p = (K-1)(Kc+alpha)/K; 0 (the zero solution) when Kc + alpha >= 1.
+
+    On the ETF with margin s the objective is phi(s) = log(1 + (K-1)e^{-s}) + (alpha + Kc)(K-1)s/K
+    (convex): label smoothing acts as CE with Kc replaced by Kc + alpha, and phi'(s) = 0 reads
+    1 - P(s) = p with P(s) = 1/(1 + (K-1)e^{-s}) the probability of the correct class.
+    """
+    if K * c + alpha >= 1:
+        return 0.0
+    p = (K - 1) * (K * c + alpha) / K
+    return math.log((K - 1) * (1 - p) / p)
+
+
+def ls_value(K: int, c: float, alpha: float) -> float:
+    """f* of the balanced label-smoothed CE-UFM (d >= K-1): -log(1-p) + (alpha + Kc) rho*, with
+    p = (K-1)(Kc+alpha)/K and rho* = (K-1)s*/K; log K when Kc + alpha >= 1."""
+    if K * c + alpha >= 1:
+        return math.log(K)
+    p = (K - 1) * (K * c + alpha) / K
+    return -math.log1p(-p) + (alpha + K * c) * (K - 1) * ls_margin(K, c, alpha) / K
+
+
+def _focal_terms(K: int, s: float, gamma: float) -> tuple[float, float]:
+    """(FL(s), dFL/ds) for the logits s(e_k - 1/K): FL = -(1-P)^gamma log P, P = 1/(1+(K-1)e^{-s}),
+    dFL/ds = (1-P)^gamma (gamma P log P - (1-P)) (from dP/ds = P(1-P))."""
+    t = (K - 1) * math.exp(-s)
+    logP = -math.log1p(t)
+    P, Q = 1.0 / (1.0 + t), t / (1.0 + t)
+    w = Q**gamma
+    return -w * logP, w * (gamma * P * logP - Q)
+
+
+def _bisect(f, lo: float, hi: float) -> float:
+    """A root of f on [lo, hi] with f(lo) < 0 < f(hi), to the resolution of float64."""
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi:
+            break
+        if f(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def focal_margin(K: int, c: float, gamma: float, grid: int = 4096) -> tuple[float, float]:
+    """(s*, f*) of the balanced focal-loss UFM (d >= K-1) by its exact 1-D reduction.
+
+    On the ETF with margin s the objective is phi(s) = FL(s) + (K-1)c s (THEORY 6), which may be
+    non-convex. Every minimiser lies in [0, s_max] with s_max = log(K-1) +
+    log((1+gamma)/((K-1)c))/(1+gamma): there (1+gamma)(1-P)^{1+gamma} < (K-1)c, and
+    |dFL/ds| <= (1+gamma)(1-P)^{1+gamma} because P|log P| <= 1-P, so phi' > 0 beyond it.
+    Every sign change - to + of phi' on a grid of that interval is refined by bisection to float64
+    resolution, and the best of these local minima and of the endpoint s = 0 is returned.
+    """
+    q = (K - 1) * c
+
+    def dphi(s):
+        return _focal_terms(K, s, gamma)[1] + q
+
+    def phi(s):
+        return _focal_terms(K, s, gamma)[0] + q * s
+
+    s_max = max(math.log(K - 1) + math.log((1 + gamma) / q) / (1 + gamma), 0.0) + 1.0
+    xs = np.linspace(0.0, s_max, grid)
+    ds = [dphi(x) for x in xs]
+    candidates = [0.0]
+    for i in range(grid - 1):
+        if ds[i] < 0 <= ds[i + 1]:
+            candidates.append(_bisect(dphi, xs[i], xs[i + 1]))
+    s_star = min(candidates, key=phi)
+    return s_star, phi(s_star)
+
+
+def focal_value(K: int, c: float, gamma: float) -> float:
+    """f* of the balanced focal-loss UFM (d >= K-1); see `focal_margin`."""
+    return focal_margin(K, c, gamma)[1]
+
+
+# --- imbalance (Hong & Ling 2023; THEORY.md section 4) ------------------------------------------
+def hong_ling_threshold(N: int, lam_W: float, lam_H: float) -> float:
+    """The minority-collapse threshold of the regularised CE-UFM: minority classes of n_B samples
+    collapse (all their classifiers equal, all their class means equal) iff n_B <= N^2 lam_W lam_H,
+    N the total number of samples (Hong & Ling 2023, two-group case; THEORY 4).
+
+    The same number is the class-vanishing threshold of the MSE-UFM without bias: class k gets
+    w_k = 0 and mean feature 0 iff n_k <= N^2 lam_W lam_H (soft-thresholding of sqrt(n_k) at
+    N sqrt(lam_W lam_H)). Derivation of the CE statement: at a collapsed point the block of the
+    CE gradient (1/N)(softmax - Y) that separates minority classes is -(1/N) times the minority
+    rows of Y, of operator norm sqrt(n_B)/N; the nuclear-norm certificate of Tool A holds iff it
+    is <= sqrt(lam_W lam_H).
+    """
+    return N * N * lam_W * lam_H
 
 
 def _mse_no_bias(model: UFM, lam_W: float, lam_H: float) -> Optimum:
@@ -116,6 +221,21 @@ def _mse_bias(model: UFM, lam_W: float, lam_H: float, lam_b: float) -> Optimum:
     return Optimum(value, _as_params(model, W, _features(model, W, lam_W, lam_H), b))
 
 
+def _ls_focal(model: UFM, lam_W: float, lam_H: float) -> Optimum:
+    K, d, n = model.K, model.d, model.n
+    name = "label smoothing" if model.loss == "ls" else "focal loss"
+    if not model.balanced:
+        raise NoClosedForm(f"{name} has a closed-form optimum only for balanced counts")
+    if d < K - 1:
+        raise NoClosedForm(f"{name} needs d >= K-1 for the ETF optimum, got d={d}, K={K}")
+    c = math.sqrt(n * lam_W * lam_H)
+    if model.loss == "ls":
+        alpha = as_float(model.alpha)
+        return _etf_optimum(model, lam_W, lam_H, ls_margin(K, c, alpha), ls_value(K, c, alpha))
+    s, value = focal_margin(K, c, as_float(model.gamma))
+    return _etf_optimum(model, lam_W, lam_H, s, value)
+
+
 @optimum.register
 def _(model: UFM) -> Optimum:
     lam_W, lam_H = as_float(model.lam_W), as_float(model.lam_H)
@@ -126,6 +246,8 @@ def _(model: UFM) -> Optimum:
         )
     if model.loss == "ce":
         return _ce(model, lam_W, lam_H)
+    if model.loss in ("ls", "focal"):
+        return _ls_focal(model, lam_W, lam_H)
     if not model.bias:
         return _mse_no_bias(model, lam_W, lam_H)
     return _mse_bias(model, lam_W, lam_H, as_float(model.lam_b))
