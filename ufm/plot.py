@@ -72,3 +72,97 @@ def demo_figure(history: dict, W: np.ndarray, target: np.ndarray | None = None) 
     ax0.set_title("NC metrics")
     gram_vs_etf(W, target, axes=[fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)])
     return fig
+
+
+# --- dynamics (ufm.dynamics) ----------------------------------------------------------------------
+__all__ += ["le_separation", "flow_curves"]
+
+
+def _dyn_runs(y) -> np.ndarray:
+    """(T,) or (..., T) -> (R, T): one row per run."""
+    y = np.asarray(y, dtype=float)
+    return y.reshape(-1, y.shape[-1])
+
+
+def le_separation(results: dict, axes=None) -> Figure:
+    """Class-mean separation against time for LE-SDE runs on either side of the transition.
+
+    `results` maps a label (e.g. "alpha-beta=+0.3") to an `SDEResult.history` whose arrays are
+    (T,) or (trials, T). Left: the between/within ratio sqrt(between/within) (median over trials,
+    10-90% band), log y: it grows like exp((alpha-beta) t/K)/sqrt(t) above the critical point
+    alpha = beta, stays near sqrt((1-1/K)/n) at it and shrinks like 1/sqrt(t) below it. Right: the
+    fraction of trials whose features are NCC-separable (every sample nearest its own class mean).
+    """
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = axes[0].figure
+    for i, (label, h) in enumerate(results.items()):
+        t = _dyn_runs(h["t"])[0]
+        ratio = np.sqrt(_dyn_runs(h["between"]) / _dyn_runs(h["within"]))
+        lo, med, hi = np.percentile(ratio, [10, 50, 90], axis=0)
+        axes[0].plot(t, med, color=f"C{i}", lw=2, label=label)
+        axes[0].fill_between(t, lo, hi, color=f"C{i}", alpha=0.2, lw=0)
+        sep = (_dyn_runs(h["ncc_acc"]) == 1.0).mean(0)
+        axes[1].plot(t, sep, color=f"C{i}", lw=2, label=label)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("t")
+    axes[0].set_ylabel("sqrt(between / within)")
+    axes[0].set_title("class-mean separation")
+    axes[0].legend()
+    axes[1].set_ylim(-0.05, 1.05)
+    axes[1].set_xlabel("t")
+    axes[1].set_ylabel("P[NCC separable]")
+    axes[1].set_title("separability")
+    return fig
+
+
+def flow_curves(
+    history: dict,
+    keys=("nc1", "nc2", "nc2_W", "nc3"),
+    margin_theory: tuple | None = None,
+    gamma_star: float | None = None,
+    axes=None,
+) -> Figure:
+    """NC metrics and margin along a `gradient_flow` history (arrays (T,) or (runs, T)).
+
+    Left: the NC metrics against t on log-log axes (median over runs, thin lines per run).
+    Right: the min margin against t on a log t axis (the unregularised CE flow grows it like
+    log t + log log t), with `margin_theory = (t, q)` dashed when given; when `gamma_star` is given,
+    the normalised margin divided by gamma* = 1/((K-1) sqrt(n)) on a twin axis (it tends to 1).
+    """
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = axes[0].figure
+    t = _dyn_runs(history["t"])[0]
+    ok = t > 0
+    for i, k in enumerate([k for k in keys if k in history]):
+        y = np.abs(_dyn_runs(history[k]))
+        if y.shape[0] > 1:
+            for row in y:
+                axes[0].plot(t[ok], row[ok], color=f"C{i}", alpha=0.25, lw=0.8)
+        axes[0].plot(t[ok], np.median(y, axis=0)[ok], color=f"C{i}", lw=2, label=k)
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("t")
+    axes[0].set_ylabel("metric")
+    axes[0].set_title("NC metrics")
+    axes[0].legend()
+    if "margin" in history:
+        q = np.median(_dyn_runs(history["margin"]), 0)
+        axes[1].plot(t[ok], q[ok], "C0", lw=2, label="margin")
+    if margin_theory is not None:
+        tt, q = (np.asarray(a, dtype=float) for a in margin_theory)
+        axes[1].plot(tt[tt > 0], q[tt > 0], "k--", lw=1, label="theory")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("t")
+    axes[1].set_ylabel("min margin")
+    axes[1].set_title("margin")
+    if gamma_star is not None and "normalized_margin" in history:
+        tw = axes[1].twinx()
+        g = np.median(_dyn_runs(history["normalized_margin"]), 0) / gamma_star
+        tw.plot(t[ok], g[ok], "C1", lw=1.5, label="normalised margin / gamma*")
+        tw.axhline(1.0, color="C1", ls=":", lw=1)
+        tw.set_ylabel("normalised margin / gamma*")
+        tw.legend(loc="lower right")
+    axes[1].legend(loc="upper left")
+    return fig
