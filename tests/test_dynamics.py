@@ -275,14 +275,15 @@ def test_phase_transition_at_alpha_equals_beta(sweep):
     # means D^{m+1} = (1 + h lam) D^m + sigma sqrt(h) (noise mean over n, minus the class average),
     # so E[between] = sigma^2 (1 - 1/K)/n * h sum_{j<m} (1 + h lam)^{2j}, lam = (alpha - beta)/K;
     # E[within] = sigma^2 t (1 - 1/n). 16 trials x (K-1) p = 96 degrees of freedom give a
-    # relative s.d. of 0.14 for the average between; we allow a factor 1.5 either way.
+    # relative s.d. of 0.14 for the average between (skewed right, chi^2); we allow a factor 2
+    # either way (-3.5 and +7 s.d.).
     lam = PT_GAPS / K
     g2 = (1 + h * lam) ** 2
     sums = np.where(lam == 0, m, (g2**m - 1) / np.where(lam == 0, 1.0, g2 - 1))
     between = sigma**2 * (1 - 1 / K) / n * h * sums
     within = sigma**2 * (m * h) * (1 - 1 / n)
     ratio = np.mean(hist["between"][..., -1], 1) / np.mean(hist["within"][..., -1], 1)
-    assert np.all(np.abs(np.log(ratio / (between / within))) < np.log(1.5))
+    assert np.all(np.abs(np.log(ratio / (between / within))) < np.log(2.0))
     # separation ratio: ~600 above the transition, 0.12 at it and 0.03 below (A.5)
     sep = np.sqrt(hist["between"][..., -1] / hist["within"][..., -1])
     assert np.all(sep[2] > 100) and np.all(sep[:2] < 0.5)
