@@ -3,6 +3,9 @@
 from ufm import geometry, losses, plot
 from ufm.metrics import nc_metrics
 from ufm.models import UFM, Params
+from ufm.models.extended import DeepParams, ExtendedUFM
+from ufm.models.layer_peeled import LayerPeeled
+from ufm.models.normalized import NormalizedUFM
 from ufm.solve import Result, solve
 from ufm.theory import CheckReport, NoClosedForm, Optimum, check, optimum
 
@@ -21,4 +24,5 @@ __all__ = [
     "plot",
     "solve",
 ]
+__all__ += ["DeepParams", "ExtendedUFM", "LayerPeeled", "NormalizedUFM"]
 __version__ = "0.1.0"

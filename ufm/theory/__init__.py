@@ -5,6 +5,9 @@ its own submodule. `check(model, params)` compares any parameters with the optim
 """
 
 from ufm.theory._base import CheckReport, NoClosedForm, Optimum, check, optimum
+from ufm.theory import extended as _extended  # noqa: F401  (registers ExtendedUFM)
+from ufm.theory import layer_peeled as _layer_peeled  # noqa: F401  (registers LayerPeeled)
+from ufm.theory import normalized as _normalized  # noqa: F401  (registers NormalizedUFM)
 from ufm.theory import regularized as _regularized  # noqa: F401  (registers UFM)
 
 __all__ = ["CheckReport", "NoClosedForm", "Optimum", "check", "optimum"]
