@@ -1,6 +1,6 @@
 """ufm: a pure-JAX simulator of the unconstrained features model for Neural Collapse theory."""
 
-from ufm import geometry, losses, plot
+from ufm import dynamics, geometry, losses, plot
 from ufm.metrics import nc_metrics
 from ufm.models import UFM, Params
 from ufm.models.extended import DeepParams, ExtendedUFM
@@ -25,4 +25,5 @@ __all__ = [
     "solve",
 ]
 __all__ += ["DeepParams", "ExtendedUFM", "LayerPeeled", "NormalizedUFM"]
+__all__ += ["dynamics"]
 __version__ = "0.1.0"
