@@ -63,10 +63,10 @@ def _ce(model: UFM, lam_W: float, lam_H: float) -> Optimum:
             "CE with imbalanced counts has no closed-form optimum (minority collapse, THEORY 4: "
             "only the threshold n_B <= N^2 lam_W lam_H is exact)"
         )
-    if d < K - 1:
-        raise NoClosedForm(
-            f"CE needs d >= K-1 for the ETF optimum, got d={d}, K={K} (see THEORY 7)"
-        )
+    if d < K - 1:  # K > d+1: the regular K-gon for d = 2, else NoClosedForm (THEORY 7)
+        from ufm.theory.generalized import ufm_low_dim
+
+        return ufm_low_dim(model, lam_W, lam_H)
     c = math.sqrt(n * lam_W * lam_H)
     return _etf_optimum(model, lam_W, lam_H, ce_margin(K, c), ce_value(K, c))
 
