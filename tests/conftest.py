@@ -2,7 +2,10 @@
 error, and a reproducible PRNG key."""
 
 import jax
+import matplotlib
 import pytest
+
+matplotlib.use("Agg")  # figures are smoke-tested headless
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -166,3 +166,113 @@ def flow_curves(
         tw.legend(loc="lower right")
     axes[1].legend(loc="upper left")
     return fig
+
+
+# --- geometry, phase diagrams, minority collapse ---------------------------------------------
+__all__ += ["feature_geometry", "phase_diagram", "minority_collapse"]
+
+
+def feature_geometry(H, labels, W=None, dim: int = 2, ax=None) -> Figure:
+    """Class means (and classifier rows) projected on their top `dim` (2 or 3) principal axes.
+
+    The class means mu_k are centred by the global mean; W's rows are drawn on the same axes,
+    rescaled to the mean norm of the centred means, so a collapsed solution shows each classifier
+    arrow through its class mean (self-duality) and the means on a regular simplex.
+    """
+    if dim not in (2, 3):
+        raise ValueError(f"dim must be 2 or 3, got dim={dim!r}")
+    H, labels = np.asarray(H), np.asarray(labels)
+    K = int(labels.max()) + 1 if W is None else np.asarray(W).shape[0]
+    Y = np.eye(K)[labels]  # (N, K)
+    means = (H @ Y / Y.sum(0)).T  # (K, d)
+    centred = means - H.mean(1)
+    _, _, Vt = np.linalg.svd(centred, full_matrices=False)
+    axes_ = Vt[:dim].T  # (d, dim)
+    if axes_.shape[1] < dim:
+        axes_ = np.pad(axes_, ((0, 0), (0, dim - axes_.shape[1])))
+    if ax is None:
+        fig = plt.figure(figsize=(4.5, 4.5))
+        ax = fig.add_subplot(projection="3d" if dim == 3 else None)
+    fig = ax.figure
+    pts = (H - H.mean(1, keepdims=True)).T @ axes_
+    mu = centred @ axes_
+    for k in range(K):
+        sel = labels == k
+        ax.scatter(*pts[sel].T, s=6, alpha=0.3, color=f"C{k % 10}")
+        ax.scatter(*mu[k], s=60, marker="o", color=f"C{k % 10}", edgecolor="k")
+    if W is not None:
+        W = np.asarray(W)
+        w = W @ axes_
+        scale = np.linalg.norm(centred, axis=1).mean() / max(
+            np.linalg.norm(W, axis=1).mean(), 1e-300
+        )
+        for k in range(K):
+            ax.plot(*np.stack([np.zeros(dim), scale * w[k]]).T, color=f"C{k % 10}", lw=2)
+    ax.set_title("class means (dots) and classifiers (lines), PCA")
+    return fig
+
+
+def phase_diagram(
+    values,
+    x,
+    y,
+    xlabel: str = "x",
+    ylabel: str = "y",
+    label: str = "metric",
+    boundary=None,
+    log=(True, True),
+    log_values: bool = True,
+    ax=None,
+) -> Figure:
+    """A metric over a two-axis sweep grid, as a heatmap, with a theoretical boundary on top.
+
+    Args:
+      values: (len(x), len(y)) array (e.g. the median over seeds of a sweep's metric).
+      x, y: grid values of the two axes.
+      boundary: optional callable y = boundary(x) (drawn as a dashed line) or a pair (xs, ys).
+      log: log scale for the (x, y) axes; log_values: colour by log10 |values|.
+    """
+    values, x, y = np.asarray(values, dtype=float), np.asarray(x), np.asarray(y)
+    if values.shape != (len(x), len(y)):
+        raise ValueError(
+            f"values must have shape (len(x), len(y))={(len(x), len(y))}, got {values.shape}"
+        )
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 4.2))
+    shown = np.log10(np.maximum(np.abs(values), 1e-300)) if log_values else values
+    mesh = ax.pcolormesh(x, y, shown.T, shading="nearest", cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label=f"log10 {label}" if log_values else label)
+    if boundary is not None:
+        if callable(boundary):
+            xs = (
+                np.geomspace(x.min(), x.max(), 200)
+                if log[0]
+                else np.linspace(x.min(), x.max(), 200)
+            )
+            ys = boundary(xs)
+        else:
+            xs, ys = boundary
+        ax.plot(xs, ys, "w--", lw=2, label="theory")
+        ax.set_ylim(y.min(), y.max())
+        ax.legend(loc="best")
+    ax.set_xscale("log" if log[0] else "linear")
+    ax.set_yscale("log" if log[1] else "linear")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig
+
+
+def minority_collapse(curve, threshold: float | None = None, ax=None) -> Figure:
+    """Cosine between minority classifiers against the imbalance ratio R = n_A/n_B.
+
+    `curve` is an `ufm.imbalance.MinorityCurve` (fields R, cosine, spread); the theoretical
+    threshold R_0 beyond which the minority classifiers coincide is drawn when given.
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 3.8))
+    ax.plot(curve.R, curve.cosine, "o-", label="cosine of minority classifiers")
+    ax.plot(curve.R, curve.spread, "s--", label="minority spread (relative)")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls=":", label=f"theory R_0 = {threshold:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("imbalance ratio R = n_A / n_B")
+    ax.legend()
+    return fig
