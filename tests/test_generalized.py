@@ -147,3 +147,31 @@ def test_with_a_bias_the_polygon_is_beaten(key):
 def test_no_closed_form_beyond_the_known_cases(K, d):
     with pytest.raises(ufm.NoClosedForm, match="no closed form is known"):
         ufm.optimum(ufm.UFM(K=K, d=d, n=1))
+
+
+# --- the sphere (ufm.NormalizedUFM) ------------------------------------------------------------
+@pytest.mark.parametrize(("K", "d"), [(5, 2), (6, 3)])
+def test_sphere_polygon_and_cross_polytope_against_free_optimisation(key, K, d):
+    # d = 2: the regular K-gon; K = 2d: the cross-polytope. The best of several starts reaches
+    # the configuration's value (and none goes below it) at two temperatures (tau is a leaf).
+    for tau, k in zip((0.25, 1.0), jax.random.split(key), strict=True):
+        m = ufm.NormalizedUFM(K=K, d=d, n=2, tau=tau)
+        opt = ufm.optimum(m)
+        # independent value of the configuration: logits <w_j, w_k>/tau of the unit frame
+        U = polygon(K) if d == 2 else cross_polytope(d)
+        G = U @ U.T / tau
+        ref = np.mean([np.log(np.sum(np.exp(G[k_] - G[k_, k_]))) for k_ in range(K)])
+        assert abs(opt.value - ref) < EXACT * ref
+        best, values = _best_of(m, k)
+        assert min(values) >= opt.value * (1 - GAP) and abs(min(values) - opt.value) <= GAP * ref
+        W = m.project(best.params).W
+        dist = float(jnp.min(one_vs_rest_distances(W)))
+        assert abs(dist - (1 - math.cos(2 * math.pi / K) if d == 2 else 1.0)) < SHAPE
+    # the ETF value is only a lower bound here (THEORY 7)
+    etf = math.log1p((K - 1) * math.exp(-K / ((K - 1) * 1.0)))
+    assert opt.value > etf
+
+
+def test_sphere_no_closed_form_names_what_is_known():
+    with pytest.raises(ufm.NoClosedForm, match="K > d\\+1"):
+        ufm.optimum(ufm.NormalizedUFM(K=5, d=3, n=1, tau=0.5))

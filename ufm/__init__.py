@@ -8,6 +8,9 @@ from ufm.models.layer_peeled import LayerPeeled
 from ufm.models.normalized import NormalizedUFM
 from ufm.solve import Result, solve
 from ufm.theory import CheckReport, NoClosedForm, Optimum, check, optimum
+from ufm import generalized, imbalance, label_noise, multilabel  # noqa: E402  (issue 5 regimes)
+from ufm.label_noise import NoisyUFM  # noqa: E402
+from ufm.multilabel import MultiLabelUFM  # noqa: E402
 
 __all__ = [
     "UFM",
@@ -26,4 +29,5 @@ __all__ = [
 ]
 __all__ += ["DeepParams", "ExtendedUFM", "LayerPeeled", "NormalizedUFM"]
 __all__ += ["dynamics"]
+__all__ += ["MultiLabelUFM", "NoisyUFM", "generalized", "imbalance", "label_noise", "multilabel"]
 __version__ = "0.1.0"

@@ -11,3 +11,4 @@ from ufm.theory import normalized as _normalized  # noqa: F401  (registers Norma
 from ufm.theory import regularized as _regularized  # noqa: F401  (registers UFM)
 
 __all__ = ["CheckReport", "NoClosedForm", "Optimum", "check", "optimum"]
+from ufm.theory import generalized as _generalized  # noqa: F401, E402  (K > d+1; after normalized)

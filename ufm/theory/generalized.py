@@ -10,7 +10,8 @@ Known (numerically verified in THEORY 7; not proven in general, to our knowledge
 * CE on the sphere, K = 2d: the cross-polytope {+-e_i}, value
   log(1 + (2d-2) e^{-1/tau_eff} + e^{-2/tau_eff}) (the orthoplex regime d+2 <= K <= 2d is treated
   by Alcala et al. 2026).
-Everything else with K > d+1 raises `NoClosedForm` saying what is known.
+Everything else with K > d+1 raises `NoClosedForm` saying what is known. The sphere cases wrap
+the `ufm.NormalizedUFM` optimum of `ufm.theory.normalized` (imported first).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from ufm.models.normalized import NormalizedUFM
 from ufm.models.ufm import UFM, Params
-from ufm.theory._base import NoClosedForm, Optimum
+from ufm.theory import normalized as _normalized  # noqa: F401  (registered first; wrapped below)
+from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
 
 __all__ = [
     "cross_polytope",
@@ -128,3 +131,25 @@ def ufm_low_dim(model: UFM, lam_W: float, lam_H: float) -> Optimum:
     W = math.sqrt(rho * math.sqrt(n * lam_H / lam_W)) * polygon(K, d)
     H = np.repeat((math.sqrt(lam_W / (n * lam_H)) * W).T, n, axis=1)
     return Optimum(value, Params(jnp.asarray(W), jnp.asarray(H), None))
+
+
+# --- the sphere (ufm.NormalizedUFM) -----------------------------------------------------------
+_sphere_optimum = optimum.dispatch(NormalizedUFM)  # the ETF optimum (d >= K-1) and its messages
+
+
+@optimum.register
+def _(model: NormalizedUFM) -> Optimum:
+    """NormalizedUFM with K > d+1: the regular K-gon (d = 2) or the cross-polytope (K = 2d), both
+    with h_{k,i} = (r_H/r_W) w_k; every other case is left to the ETF optimum of
+    `ufm.theory.normalized` (which raises NoClosedForm for K > d+1)."""
+    K, d = model.K, model.d
+    if d >= K - 1 or model.loss != "ce" or not model.balanced or (d != 2 and K != 2 * d):
+        return _sphere_optimum(model)
+    r_W, r_H, tau = as_float(model.r_W), as_float(model.r_H), as_float(model.tau)
+    inv_tau = r_W * r_H / tau
+    if d == 2:
+        U, value = polygon(K, d), sphere_polygon_value(K, inv_tau)
+    else:
+        U, value = cross_polytope(d), cross_polytope_value(d, inv_tau)
+    H = np.repeat(r_H * U.T, model.counts, axis=1)
+    return Optimum(value, Params(jnp.asarray(r_W * U), jnp.asarray(H), None))
