@@ -7,6 +7,7 @@ from ufm.models.extended import DeepParams, ExtendedUFM
 from ufm.models.layer_peeled import LayerPeeled
 from ufm.models.normalized import NormalizedUFM
 from ufm.solve import Result, solve
+from ufm.sweep import Sweep, load_sweep, sweep
 from ufm.theory import CheckReport, NoClosedForm, Optimum, check, optimum
 from ufm import generalized, imbalance, label_noise, multilabel  # noqa: E402  (issue 5 regimes)
 from ufm.label_noise import NoisyUFM  # noqa: E402
@@ -29,5 +30,6 @@ __all__ = [
 ]
 __all__ += ["DeepParams", "ExtendedUFM", "LayerPeeled", "NormalizedUFM"]
 __all__ += ["dynamics"]
+__all__ += ["Sweep", "load_sweep", "sweep"]
 __all__ += ["MultiLabelUFM", "NoisyUFM", "generalized", "imbalance", "label_noise", "multilabel"]
 __version__ = "0.1.0"

@@ -59,7 +59,11 @@ def _tree_norm(t) -> Array:
 
 
 def _all_finite(t) -> Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(t)]))
+    """True iff every entry of every leaf is finite: sum(x * 0) is 0 for finite x and NaN as soon
+    as one entry is inf or NaN (never overflows; one fused reduction per leaf, about 3x cheaper
+    on CPU than all(isfinite(x)), which XLA materialises as a boolean array)."""
+    total = sum(jnp.sum(x * jnp.zeros((), x.dtype)) for x in jax.tree.leaves(t))
+    return jnp.isfinite(total)
 
 
 def _stationarity(project, params, grad) -> Array:
@@ -69,95 +73,152 @@ def _stationarity(project, params, grad) -> Array:
     return _tree_norm(jax.tree.map(lambda a, p: a - p, moved, params))
 
 
+class _Carry(NamedTuple):
+    """The state of one run between optimizer steps."""
+
+    params: Any
+    opt_state: Any
+    value: Array
+    grad: Any
+    stat: Array  # stationarity (only tracked step by step when a tolerance is given)
+    i: Array  # steps taken
+    status: Array
+
+
+class _Loop(NamedTuple):
+    """The pieces of one run's optimisation loop, shared by `run` and `ufm.sweep`.
+
+    start(params0) -> _Carry; step(carry, active) -> _Carry: one guarded optimizer step (the
+    carry is returned unchanged where `active` is False, and frozen with status NONFINITE where
+    the step produced a non-finite value); stationarity(carry) -> scalar; record(carry) -> dict
+    of scalars (step, objective, grad_norm and ``model.metrics``).
+    """
+
+    start: Any
+    step: Any
+    stationarity: Any
+    record: Any
+
+
+def _loop(model, optimizer: optax.GradientTransformation, params0, tol) -> _Loop:
+    """Build the loop pieces for one model (traceable; `tol` None means no stopping test, so the
+    stationarity measure is computed only when recorded, not at every step).
+
+    Gradients come from ``model.value_and_grad(params)`` where the model defines it (hand-derived
+    and fused, e.g. `ufm.UFM` with CE or MSE; its contract: the value is non-finite whenever a
+    parameter or gradient entry is, so the step checks only the value), else from autodiff of
+    ``model.objective`` with every entry of the new parameters and gradient checked.
+    """
+    f = model.objective
+    project = getattr(model, "project", None)
+    own_vg = getattr(model, "value_and_grad", None)
+    tx = optax.with_extra_args_support(optimizer)
+    use_tol = tol is not None
+    state_shape = jax.eval_shape(tx.init, params0)
+    # line-search optimizers store f and its gradient at the trial point; after a projection
+    # the iterate is another point, so a model with `project` has them recomputed there
+    from_state = project is None and optax.tree_utils.tree_get(state_shape, "value") is not None
+    vg = own_vg if own_vg is not None else jax.value_and_grad(f)
+    if from_state:
+        vg_state = optax.value_and_grad_from_state(f)
+    else:
+
+        def vg_state(p, state):
+            return vg(p)
+
+    def finite(value, grad, params):
+        if own_vg is not None and not from_state:
+            return jnp.isfinite(value)
+        return jnp.isfinite(value) & _all_finite(grad) & _all_finite(params)
+
+    def status_of(ok, stat):
+        conv = jnp.where(stat <= tol, CONVERGED, MAX_STEPS) if use_tol else MAX_STEPS
+        return jnp.where(ok, conv, NONFINITE)
+
+    def start(params0):
+        v0, g0 = vg(params0)
+        stat0 = _stationarity(project, params0, g0) if use_tol else jnp.zeros((), v0.dtype)
+        ok = finite(v0, g0, params0)
+        i0 = jnp.asarray(0)
+        return _Carry(params0, tx.init(params0), v0, g0, stat0, i0, status_of(ok, stat0))
+
+    def step(c: _Carry, active) -> _Carry:
+        updates, new_state = tx.update(
+            c.grad, c.opt_state, c.params, value=c.value, grad=c.grad, value_fn=f
+        )
+        new = optax.apply_updates(c.params, updates)
+        if project is not None:
+            new = project(new)
+        new_value, new_grad = vg_state(new, state=new_state)
+        ok = finite(new_value, new_grad, new)
+        new_stat = _stationarity(project, new, new_grad) if use_tol else c.stat
+        take = ok & active
+        keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(take, x, y), a, b)  # noqa: E731
+        return _Carry(
+            keep(new, c.params),
+            keep(new_state, c.opt_state),
+            jnp.where(take, new_value, c.value),
+            keep(new_grad, c.grad),
+            jnp.where(take, new_stat, c.stat),
+            c.i + take.astype(c.i.dtype),
+            jnp.where(active, status_of(ok, new_stat), c.status),
+        )
+
+    def stationarity(c: _Carry) -> Array:
+        return c.stat if use_tol else _stationarity(project, c.params, c.grad)
+
+    def record(c: _Carry) -> dict[str, Array]:
+        row = {"step": c.i, "objective": c.value, "grad_norm": stationarity(c)}
+        if hasattr(model, "metrics"):
+            row.update(model.metrics(c.params))
+        return row
+
+    return _Loop(start, step, stationarity, record)
+
+
 def run(
     model,
     params0,
     optimizer: optax.GradientTransformation,
     steps: int,
     record_every: int,
-    tol: Array | float = -1.0,
+    tol: Array | float | None = -1.0,
 ) -> Result:
     """The pure, traceable body of `solve` (vmap it over models or starts; `solve` jits it).
 
     A while loop over record blocks, each a while loop over optimizer steps that stops at `steps`,
     at stationarity <= tol, or at the first non-finite objective (then the previous iterate is
     kept). Metrics (``model.metrics``) are evaluated only at record points. A model with a
-    ``project(params)`` method is kept feasible by projecting after every update.
+    ``project(params)`` method is kept feasible by projecting after every update. ``tol=None``
+    (static) skips the stopping test, and with it the per-step stationarity measure.
     """
-    f = model.objective
-    project = getattr(model, "project", None)
-    tx = optax.with_extra_args_support(optimizer)
-    state0 = tx.init(params0)
-    if optax.tree_utils.tree_get(state0, "value") is not None:  # line-search optimizers
-        value_and_grad = optax.value_and_grad_from_state(f)
-    else:
-        vg = jax.value_and_grad(f)
-
-        def value_and_grad(p, state):
-            return vg(p)
-
+    loop = _loop(model, optimizer, params0, tol)
     T = 1 + -(-steps // record_every)
-    v0, g0 = jax.value_and_grad(f)(params0)
-    stat0 = _stationarity(project, params0, g0)
-    status0 = jnp.where(
-        jnp.isfinite(v0) & _all_finite(g0),
-        jnp.where(stat0 <= tol, CONVERGED, MAX_STEPS),
-        NONFINITE,
-    )
-
-    def record(params, value, stat, i):
-        row = {"step": i, "objective": value, "grad_norm": stat}
-        if hasattr(model, "metrics"):
-            row.update(model.metrics(params))
-        return row
-
-    row0 = record(params0, v0, stat0, jnp.asarray(0))
+    c0 = loop.start(params0)
+    # one record site (row b after advancing to step b * record_every; row 0 at the start), so
+    # the metrics are compiled once
+    rows = jax.eval_shape(loop.record, c0)
     history0 = {
-        k: jnp.full((T,) + jnp.shape(v), -1 if k == "step" else jnp.nan, jnp.result_type(v))
-        .at[0]
-        .set(v)
-        for k, v in row0.items()
+        k: jnp.full((T,) + v.shape, -1 if k == "step" else jnp.nan, v.dtype)
+        for k, v in rows.items()
     }
 
-    def step(c):
-        params, opt_state, value, grad, stat, i, status = c
-        updates, new_state = tx.update(grad, opt_state, params, value=value, grad=grad, value_fn=f)
-        new = optax.apply_updates(params, updates)
-        if project is not None:
-            new = project(new)
-        new_value, new_grad = value_and_grad(new, state=new_state)
-        ok = jnp.isfinite(new_value) & _all_finite(new_grad) & _all_finite(new)
-        new_stat = _stationarity(project, new, new_grad)
-        keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
-        new_status = jnp.where(ok, jnp.where(new_stat <= tol, CONVERGED, MAX_STEPS), NONFINITE)
-        return (
-            keep(new, params),
-            keep(new_state, opt_state),
-            jnp.where(ok, new_value, value),
-            keep(new_grad, grad),
-            jnp.where(ok, new_stat, stat),
-            i + ok.astype(i.dtype),
-            new_status,
+    def block(s):
+        c, b, history = s
+        stop = jnp.minimum(b * record_every, steps)
+        c = jax.lax.while_loop(
+            lambda c: (c.i < stop) & (c.status == MAX_STEPS), lambda c: loop.step(c, True), c
         )
+        row = loop.record(c)
+        history = {k: h.at[b].set(row[k]) for k, h in history.items()}
+        return c, b + 1, history
 
-    def block(c):
-        inner, b, history = c
-        stop = (b + 1) * record_every
-        inner = jax.lax.while_loop(
-            lambda s: (s[5] < jnp.minimum(stop, steps)) & (s[6] == MAX_STEPS), step, inner
-        )
-        params, _, value, _, stat, i, status = inner
-        row = record(params, value, stat, i)
-        history = {k: h.at[b + 1].set(row[k]) for k, h in history.items()}
-        done_early = status != MAX_STEPS
-        return inner, jnp.where(done_early, T - 1, b + 1), history
-
-    inner0 = (params0, state0, v0, g0, stat0, jnp.asarray(0), status0)
-    inner, _, history = jax.lax.while_loop(
-        lambda c: (c[1] < T - 1) & (c[0][6] == MAX_STEPS), block, (inner0, jnp.asarray(0), history0)
+    c, _, history = jax.lax.while_loop(
+        lambda s: (s[1] < T) & ((s[1] == 0) | (s[0].status == MAX_STEPS)),
+        block,
+        (c0, jnp.asarray(0), history0),
     )
-    params, _, value, _, stat, i, status = inner
-    return Result(params, value, stat, i, status, history)
+    return Result(c.params, c.value, loop.stationarity(c), c.i, c.status, history)
 
 
 def _check_steps(steps, record_every):
@@ -183,7 +244,8 @@ def solve(
       key: PRNG key for the initialisation.
       steps: maximum number of optimizer steps (>= 1).
       optimizer: any optax GradientTransformation, including line-search ones that need the
-        value and gradient (L-BFGS). Default: `default_optimizer()`.
+        value and gradient (L-BFGS). Default: ``model.default_optimizer()`` where the model
+        defines it, else `default_optimizer()`.
       record_every: record objective, stationarity and ``model.metrics`` every this many steps
         (default: only at the start and the end).
       tol: stop once the stationarity measure is <= tol (default: run all steps).
@@ -197,13 +259,15 @@ def solve(
         tol = float(tol)
         if not tol > 0 or tol == float("inf"):
             raise ValueError(f"tol must be a finite number > 0 or None, got tol={tol!r}")
-    optimizer = default_optimizer() if optimizer is None else optimizer
+    if optimizer is None:  # a model may name its own (constrained models: projected gradient)
+        own = getattr(model, "default_optimizer", None)
+        optimizer = default_optimizer() if own is None else own()
     if not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(
             f"optimizer must be an optax GradientTransformation, got optimizer={optimizer!r}"
         )
     params0 = model.init(key) if init is None else init
-    return _solve_jit(model, params0, optimizer, steps, record_every, -1.0 if tol is None else tol)
+    return _solve_jit(model, params0, optimizer, steps, record_every, tol)
 
 
 _solve_jit = jax.jit(run, static_argnames=("optimizer", "steps", "record_every"))

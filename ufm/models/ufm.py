@@ -28,6 +28,7 @@ from ufm.models._base import (
     is_concrete,
     register_model,
 )
+from ufm.models._fused import ufm_value_and_grad
 
 __all__ = ["Params", "UFM"]
 
@@ -148,6 +149,11 @@ class UFM:
     def objective(self, params: Params) -> Array:
         """f(W, H, b): mean loss plus penalties (THEORY.md section 0)."""
         return self.data_loss(params) + self.penalty(params)
+
+    def value_and_grad(self, params: Params) -> tuple[Array, Params]:
+        """(objective, gradient) by hand-derived, fused formulas (`ufm.models._fused`): what
+        `ufm.solve` and `ufm.sweep` step with; equal to autodiff of `objective` up to rounding."""
+        return ufm_value_and_grad(self, params)
 
     def metrics(self, params: Params) -> dict[str, Array]:
         """NC metrics of the parameters (`ufm.nc_metrics`); uncentred class means for the MSE
