@@ -56,6 +56,17 @@ def test_minority_measures_on_known_frames():
     stacked = np.stack([M, W])  # leading axes are kept
     np.testing.assert_allclose(minority_cosine(stacked, (2, 3, 4)), [-0.25, 1.0], atol=1e-12)
     assert minority_classes((5, 5, 1, 1)) == (2, 3)
+    # a curve from batched results (e.g. seeds x grid points): the best finite run is used
+    from types import SimpleNamespace
+
+    batch = np.stack([np.stack([M, W]), np.stack([W, M])])  # (2, 2, K, d)
+    obj = np.array([[3.0, 2.0], [np.nan, 1.0]])  # best: [1, 1], the ETF
+    model = ufm.UFM(K=5, d=6, n=(4, 4, 1, 1, 1))
+    curve = minority_collapse_curve(
+        [(model, SimpleNamespace(params=SimpleNamespace(W=batch), objective=obj))]
+    )
+    assert curve.R[0] == 4 and curve.objective[0] == 1.0
+    assert abs(curve.cosine[0] + 1 / 4) < 1e-12
     with pytest.raises(ValueError, match="minority"):
         minority_cosine(M, (1,))
 

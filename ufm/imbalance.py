@@ -106,10 +106,12 @@ def minority_collapse_curve(runs: Sequence[tuple[Any, Any]]) -> MinorityCurve:
     against R = n_A/n_B.
 
     Args:
-      runs: pairs (model, result), one per imbalance ratio: `model` any ufm model with per-class
-        ``counts`` (two groups: the minority is the set of smallest classes), `result` a
-        `ufm.Result` of ``ufm.solve`` or a batch of them over seeds (leading axis), in which
-        case the seed with the lowest objective is used.
+      runs: pairs (model, result), one per imbalance ratio (counts are static, so each ratio is
+        its own solve or sweep): `model` any ufm model with per-class ``counts`` (the minority is
+        the set of smallest classes), `result` anything with ``params.W`` and ``objective``: a
+        `ufm.Result` of ``ufm.solve``, a batch of them (leading axes, e.g. seeds), or a
+        `ufm.Sweep` run with ``keep_params=True``; with leading axes the run of lowest finite
+        objective is used.
 
     Returns:
       A `MinorityCurve`, sorted by R.
@@ -120,7 +122,8 @@ def minority_collapse_curve(runs: Sequence[tuple[Any, Any]]) -> MinorityCurve:
         minority = minority_classes(counts)
         W = np.asarray(res.params.W)
         obj = np.asarray(res.objective)
-        if W.ndim == 3:  # a batch over seeds: keep the best finite run
+        if W.ndim > 2:  # a batch (seeds, grid points): keep the best finite run
+            W, obj = W.reshape((-1,) + W.shape[-2:]), obj.reshape(-1)
             i = int(np.nanargmin(np.where(np.isfinite(obj), obj, np.nan)))
             W, obj = W[i], obj[i]
         rows.append(
