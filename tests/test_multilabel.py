@@ -75,27 +75,37 @@ def test_optimum_against_free_optimisation(key):
         assert abs(gap - s[size]) < SHAPE
 
 
-def test_weight_decay_sweep_follows_the_predicted_tagwise_scale(key):
-    # one compilation: the weight decay is a leaf. Theory gives s_2/s_1 at each lam and the zero
-    # solution once sum_m a_m(0)^2/c_m <= mu^2 (K-1)^2; the free runs must follow both.
+def test_weight_decay_sweep_follows_the_predicted_tagwise_scale():
+    # one ufm.sweep over the weight decay (a leaf: one compilation). Theory gives s_m/s_1 at each
+    # lam and the zero solution once sum_m a_m(0)^2/c_m <= mu^2 (K-1)^2; the runs follow both.
     sets = all_label_sets(K, (1, 2, 3))
     counts = (2,) * 4 + (1,) * 6 + (1,) * 4
     lams = [1e-3, 5e-3, 2e-2, 4e-2, 0.2]
+    m = MultiLabelUFM(K=K, d=D, label_sets=sets, n=counts, bias=False)
+    sw = ufm.sweep(
+        m,
+        grid={"lam_W": lams, "lam_H": lams},
+        zip_axes=[("lam_W", "lam_H")],
+        steps=5000,
+        tol=1e-11,
+        optimizer=OPT,
+        keep_params=True,
+        progress=False,
+    )
+    assert sw.objective.shape == (len(lams), 1) and np.all(sw.status == 0)
     predicted, measured = [], []
-    for lam, k in zip(lams, jax.random.split(key, len(lams)), strict=True):
-        m = MultiLabelUFM(K=K, d=D, label_sets=sets, n=counts, lam_W=lam, lam_H=lam, bias=False)
+    for i, lam in enumerate(lams):
         s, value = multilabel_margins(K, {1: 2, 2: 1, 3: 1}, lam, lam)
-        res = _solve(m, k)
-        assert abs(float(res.objective) - value) <= GAP * value
+        assert abs(float(sw.objective[i, 0]) - value) <= GAP * value
         if s[1] == 0:  # the zero solution
-            assert float(np.linalg.norm(np.asarray(res.params.W))) < SHAPE
+            assert float(np.linalg.norm(np.asarray(sw.params.W[i, 0]))) < SHAPE
             # every label of every sample at probability 1/K: (1/N) sum_i |S_i| log K
             assert abs(value - math.log(K) * (8 * 1 + 6 * 2 + 4 * 3) / 18) < 1e-12
             continue
-        g = {k: float(v) for k, v in _geometry(m, res.params).items()}
-        assert g["tagwise_residual_2"] < SHAPE and g["tagwise_residual_3"] < SHAPE
+        assert sw.metrics["tagwise_residual_2"][i, 0] < SHAPE
+        assert sw.metrics["tagwise_residual_3"][i, 0] < SHAPE
         predicted.append((s[2] / s[1], s[3] / s[1]))
-        measured.append((g["tagwise_scale_2"], g["tagwise_scale_3"]))
+        measured.append((sw.metrics["tagwise_scale_2"][i, 0], sw.metrics["tagwise_scale_3"][i, 0]))
     assert len(measured) >= 3  # the sweep crosses into the zero solution only at its end
     np.testing.assert_allclose(measured, predicted, atol=SHAPE)
     # the trend is the predicted one, point by point
