@@ -119,8 +119,8 @@ class ExtendedUFM:
     depth: int = 2
     activation: str = "linear"
     loss: str = "mse"
-    lam_H: float = 5e-4
-    lam_Ws: float | tuple[float, ...] = 5e-4
+    lam_H: float = 5e-4  # noqa: N815 (the papers' names, as in ufm.UFM)
+    lam_Ws: float | tuple[float, ...] = 5e-4  # noqa: N815
     lam_b: float = 0.0
     bias: bool = False
 
@@ -171,7 +171,9 @@ class ExtendedUFM:
         keys = jax.random.split(key, self.depth + 1)
         H = scale * jax.random.normal(keys[0], (self.d, self.N), dtype)
         shapes = [(self.d, self.d)] * (self.depth - 1) + [(self.K, self.d)]
-        Ws = tuple(scale * jax.random.normal(k, s, dtype) for k, s in zip(keys[1:], shapes))
+        Ws = tuple(
+            scale * jax.random.normal(k, s, dtype) for k, s in zip(keys[1:], shapes, strict=True)
+        )
         b = jnp.zeros((self.K,), H.dtype) if self.bias else None
         return DeepParams(H, Ws, b)
 

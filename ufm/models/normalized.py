@@ -64,8 +64,8 @@ class NormalizedUFM:
     d: int
     n: int | tuple[int, ...] = 1
     tau: float = 1.0
-    r_W: float = 1.0
-    r_H: float = 1.0
+    r_W: float = 1.0  # noqa: N815 (as lam_W in ufm.UFM)
+    r_H: float = 1.0  # noqa: N815
     loss: str = "ce"
 
     def __post_init__(self):

@@ -98,7 +98,7 @@ def _target_svd(model: ExtendedUFM) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _deep_linear(model: ExtendedUFM, lam_H: float, lams: list[float]) -> Optimum:
-    K, d, N, L = model.K, model.d, model.N, model.depth
+    d, N, L = model.d, model.N, model.depth
     m = L + 1
     Lam = math.exp((math.log(lam_H) + sum(math.log(x) for x in lams)) / m)
     U, sigma, Vt = _target_svd(model)

@@ -76,8 +76,8 @@ def _(model: LayerPeeled) -> Optimum:
     if not model.balanced:
         raise NoClosedForm(
             "the CE layer-peeled model with imbalanced counts has no closed-form optimum "
-            "(THEORY 4): Fang et al. prove minority collapse only as n_A/n_B -> infinity; the exact "
-            "threshold R_0 is a 1-D root-find through the KKT multipliers, not a closed form"
+            "(THEORY 4): Fang et al. prove minority collapse only as n_A/n_B -> infinity; the "
+            "exact threshold R_0 is a 1-D root-find through the KKT multipliers, not a closed form"
         )
     if d < K - 1:
         raise NoClosedForm(

@@ -3,7 +3,8 @@
 CE on the sphere, balanced, d >= K-1 (Yaras et al. 2022: only global minimisers are NC; value
 derived in THEORY 3), with 1/tau_eff = r_W r_H / tau:
     f* = log(1 + (K-1) exp(-K / ((K-1) tau_eff))),
-attained by W rows a simplex ETF of radius r_W and h_{k,i} = (r_H/r_W) w_k (margin K/((K-1)tau_eff)).
+attained by W rows a simplex ETF of radius r_W and h_{k,i} = (r_H/r_W) w_k
+(margin K/((K-1) tau_eff)).
 For K > d+1 the ETF value is a strict lower bound and no general closed form is known (THEORY 7).
 """
 
