@@ -65,7 +65,9 @@ def partial_orthogonal(key: Array, d: int, r: int, dtype=None) -> Array:
     return Q * jnp.sign(jnp.diagonal(R))[None, :]
 
 
-def simplex_etf(K: int, d: int, key: Array | None = None, U: Array | None = None, dtype=None) -> Array:
+def simplex_etf(
+    K: int, d: int, key: Array | None = None, U: Array | None = None, dtype=None
+) -> Array:
     """Simplex ETF in R^d: a (d, K) matrix of unit columns with pairwise inner products -1/(K-1).
 
     M = sqrt(K/(K-1)) U Q^T, where Q is the (K, K-1) basis of `orthonormal_basis` and U in
