@@ -34,3 +34,51 @@ def test_help_exits_cleanly(capsys):
         main(["demo", "--help"])
     assert e.value.code == 0
     assert "--lam-W" in capsys.readouterr().out
+
+
+RUN_TOML = """
+x64 = true
+[model]
+type = "UFM"
+K = 3
+d = 4
+n = 2
+[grid]
+lam_W = 1e-2
+lam_H = {lam_H}
+[sweep]
+seeds = 2
+steps = 200
+out = "run.npz"
+"""
+
+
+def test_run_then_check_compares_with_theory(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(RUN_TOML.format(lam_H="5e-3"))
+    assert main(["run", str(cfg)]) == 0
+    assert (tmp_path / "run.npz").exists()
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "run.npz")]) == 0
+    text = capsys.readouterr().out
+    assert text.count("objective") == 2  # one table per seed
+    assert "||W||_F/||H||_F" in text
+
+
+def test_run_refuses_a_grid_axis_and_names_it(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(RUN_TOML.format(lam_H="[1e-3, 1e-2]"))
+    assert main(["run", str(cfg)]) == 2
+    assert "'lam_H'" in capsys.readouterr().err
+
+
+def test_check_of_a_missing_file_fails_cleanly(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "nope.npz")]) == 2
+    assert "nope.npz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "check", "bench"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and "usage" in capsys.readouterr().out

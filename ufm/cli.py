@@ -1,5 +1,4 @@
-"""The `ufm` command line: `ufm demo` (solve a UFM to its optimum and compare with theory),
-`ufm sweep CONFIG.toml` (run a sweep described in a TOML file and save it)."""
+"""The `ufm` command line: `demo`, `run`, `sweep`, `check` and `bench` (`ufm COMMAND --help`)."""
 
 from __future__ import annotations
 
@@ -59,17 +58,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if report.max_gap() <= args.gap_tol else 1
 
 
-def _sweep(args: argparse.Namespace) -> int:
+def _configured(command: str, config: str):
+    """(model, sweep kwargs, out path) from a TOML file, or an exit code 2 after a message that
+    names the file, table and key."""
     import dataclasses
     import os
 
     from ufm.sweep import ConfigError, read_config
 
-    where = os.path.basename(args.config)
+    where = os.path.basename(config)
     try:
-        cfg = read_config(args.config)
+        cfg = read_config(config)
     except ConfigError as e:
-        print(f"ufm sweep: {e}", file=sys.stderr)
+        print(f"ufm {command}: {e}", file=sys.stderr)
         return 2
     import jax
 
@@ -82,7 +83,7 @@ def _sweep(args: argparse.Namespace) -> int:
     unknown = [k for k in cfg["model_args"] if k not in fields]
     if unknown:
         print(
-            f"ufm sweep: {where}: unknown key [model] {unknown[0]!r}; {cls.__name__} takes "
+            f"ufm {command}: {where}: unknown key [model] {unknown[0]!r}; {cls.__name__} takes "
             f"{', '.join(fields)}",
             file=sys.stderr,
         )
@@ -90,18 +91,139 @@ def _sweep(args: argparse.Namespace) -> int:
     try:
         model = cls(**cfg["model_args"])
     except (TypeError, ValueError) as e:
-        print(f"ufm sweep: {where}: [model] {e}", file=sys.stderr)
+        print(f"ufm {command}: {where}: [model] {e}", file=sys.stderr)
         return 2
-    kwargs = dict(cfg["sweep"], progress=not args.quiet)
+    return model, cfg["sweep"], cfg["out"]
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import os
+
+    configured = _configured("sweep", args.config)
+    if isinstance(configured, int):
+        return configured
+    model, kwargs, out = configured
+    import ufm
+
     try:
-        sw = ufm.sweep(model, **kwargs)
+        sw = ufm.sweep(model, **kwargs, progress=not args.quiet)
     except ValueError as e:
-        print(f"ufm sweep: {where}: {e}", file=sys.stderr)
+        print(f"ufm sweep: {os.path.basename(args.config)}: {e}", file=sys.stderr)
         return 2
-    path = sw.save(args.out or cfg["out"])
+    path = sw.save(args.out or out)
     print(f"ufm sweep: {sw!r} in {sw.meta['seconds']:.2f} s (compile included)\n")
     print(_summary_table(sw))
     print(f"\nsaved: {path}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """One model (all [grid] values are numbers), one or more seeds, parameters kept."""
+    import os
+
+    configured = _configured("run", args.config)
+    if isinstance(configured, int):
+        return configured
+    model, kwargs, out = configured
+    where = os.path.basename(args.config)
+    axes = [k for k, v in kwargs["grid"].items() if isinstance(v, list)]
+    if axes:
+        print(
+            f"ufm run: {where}: [grid] {axes[0]!r} is a list; a run takes numbers only "
+            "(use `ufm sweep` for grids)",
+            file=sys.stderr,
+        )
+        return 2
+    import ufm
+
+    try:
+        sw = ufm.sweep(model, **kwargs, keep_params=True, progress=False)
+    except ValueError as e:
+        print(f"ufm run: {where}: {e}", file=sys.stderr)
+        return 2
+    path = sw.save(args.out or out)
+    print(f"ufm run: {sw!r} in {sw.meta['seconds']:.2f} s (compile included)")
+    print(f"saved: {path}  (compare with theory: ufm check {path})")
+    return 0
+
+
+def _model_at(sw, index: tuple[int, ...]):
+    """The sweep's model with the grid values of run `index` (grid axes..., seed)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(sw.model)}
+    values = {k: v for k, v in sw.grid.items() if k in fields and not hasattr(v, "__len__")}
+    for axis, i in zip(sw.axes, index, strict=False):
+        for name in axis:
+            if name in fields:
+                values[name] = float(sw.grid[name][i])
+    return dataclasses.replace(sw.model, **values)
+
+
+def _check(args: argparse.Namespace) -> int:
+    import os
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+
+    import ufm
+
+    where = os.path.basename(args.result)
+    try:
+        sw = ufm.load_sweep(args.result)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"ufm check: {where}: cannot read a saved run or sweep ({e})", file=sys.stderr)
+        return 2
+    if sw.params is None or sw.model is None:
+        print(
+            f"ufm check: {where}: no final parameters saved; save runs with `ufm run` "
+            "(or `ufm.sweep(..., keep_params=True)`)",
+            file=sys.stderr,
+        )
+        return 2
+    worst = 0.0
+    for index in np.ndindex(*sw.objective.shape):
+        model = _model_at(sw, index)
+        params = jax.tree.map(lambda x, i=index: jax.numpy.asarray(x[i]), sw.params)
+        label = ", ".join(
+            f"{n}={float(sw.grid[n][i]):.4g}"
+            for axis, i in zip(sw.axes, index, strict=False)
+            for n in axis
+        )
+        print(f"-- run {label or 'seed'} {index}: {model!r}")
+        try:
+            report = ufm.check(model, params)
+        except ufm.NoClosedForm as e:
+            print(f"no closed form to compare with: {e}")
+            continue
+        print(report.table())
+        worst = max(worst, report.max_gap())
+    return 0 if worst <= args.gap_tol else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import pathlib
+    import runpy
+
+    scripts = {
+        "B1": "b1_sweep_throughput.py",
+        "B3": "b3_scaling.py",
+        "B5": "b5_large_problem.py",
+        "B4": "gpu_sweep.py",
+    }
+    root = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    path = root / scripts[args.which]
+    if not path.exists():
+        print(
+            f"ufm bench: {path} not found: the benchmarks ship with the source checkout "
+            "(pip install -e . from a clone)",
+            file=sys.stderr,
+        )
+        return 2
+    sys.argv = [str(path), *args.rest]
+    runpy.run_path(str(path), run_name="__main__")
     return 0
 
 
@@ -169,6 +291,36 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default=None, help="where to save (default: the file's [sweep] out)")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     w.set_defaults(func=_sweep)
+    r = sub.add_parser(
+        "run",
+        help="solve one model described in a TOML file (all [grid] values numbers) and save it",
+        description="Solve the model of CONFIG.toml (the schema of `ufm sweep`, with numbers only "
+        "in [grid]) for its seeds, keep the final parameters and save them; `ufm check` compares "
+        "the saved file with theory.",
+    )
+    r.add_argument("config", help="the TOML file describing the run")
+    r.add_argument("--out", default=None, help="where to save (default: the file's [sweep] out)")
+    r.set_defaults(func=_run)
+    c = sub.add_parser(
+        "check",
+        help="compare a saved run (or sweep with parameters) with the closed-form optimum",
+        description="Load a file written by `ufm run` (or `Sweep.save` with keep_params=True) "
+        "and print, for every run, the theory-vs-simulation table of `ufm.check`. Exit code 1 "
+        "if a gap exceeds --gap-tol.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("result", help="the .npz file")
+    c.add_argument("--gap-tol", type=float, default=1e-6, help="largest acceptable gap")
+    c.set_defaults(func=_check)
+    b = sub.add_parser(
+        "bench",
+        help="run a benchmark of BENCHMARKS.md (B1, B3, B5; B4 on a GPU)",
+        description="Run a benchmark script from the checkout's benchmarks/ folder; the "
+        "remaining arguments go to the script (try: ufm bench B1 --help).",
+    )
+    b.add_argument("which", choices=["B1", "B3", "B4", "B5"], help="which benchmark")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the script")
+    b.set_defaults(func=_bench)
     return p
 
 

@@ -229,10 +229,11 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     group = lambda prefix: {k[len(prefix) :]: v for k, v in data.items() if k.startswith(prefix)}  # noqa: E731
     history = group("history/") or None
     params = None
+    model = _rebuild_model(meta.get("model"))
     if any(k.startswith("params/") for k in data):
-        params = group("params/")  # flat: keystr -> array
+        params = _restore_params(model, group("params/"))
     return Sweep(
-        model=_rebuild_model(meta.get("model")),
+        model=model,
         axes=axes,
         grid=grid,
         seeds=data["seeds"],
@@ -249,6 +250,19 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         params=params,
         meta=meta,
     )
+
+
+def _restore_params(model, flat: dict[str, np.ndarray]):
+    """The parameters pytree of `model` (e.g. `ufm.Params`) from its saved leaves (keystr ->
+    array); the flat dict itself when the model or its structure cannot be matched."""
+    if model is None:
+        return flat
+    template = jax.eval_shape(model.init, jax.random.key(0))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    keys = [jax.tree_util.keystr(kp) for kp, _ in paths]
+    if sorted(keys) != sorted(flat):
+        return flat
+    return jax.tree_util.tree_unflatten(treedef, [flat[k] for k in keys])
 
 
 # ----------------------------------------------------------------------------------------------
