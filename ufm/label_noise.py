@@ -328,7 +328,8 @@ def noisy_margins(
                 _T(e[i] + e[j], K, n_c, r, lam_H, lam_M) - _T(e[i] - e[j], K, n_c, r, lam_H, lam_M)
             )
     g0 = _reduced(np.zeros(3), K, n_c, r, 0.0, lam_H, lam_M)[1]  # lam_W = 0: the data gradient
-    if g0 @ np.linalg.solve(Q, g0) <= lam_W * (K - 1):
+    # (Q is singular when r = 0 or n_c = 0: directions that change nothing; use the pseudo-inverse)
+    if g0 @ np.linalg.pinv(Q) @ g0 <= lam_W * (K - 1):
         return (0.0, 0.0, 0.0), _reduced(np.zeros(3), K, n_c, r, lam_W, lam_H, lam_M)[0]
     args = (K, n_c, r, lam_W, lam_H, lam_M)
     res = minimize(
@@ -349,7 +350,7 @@ def noisy_margins(
                 for e in np.eye(3)
             ]
         )
-        step = np.linalg.solve(0.5 * (Hs + Hs.T), g)
+        step = np.linalg.lstsq(0.5 * (Hs + Hs.T), g, rcond=1e-12)[0]
         if _reduced(x - step, *args)[0] <= _reduced(x, *args)[0]:
             x = x - step
     return (float(x[0]), float(x[1]), float(x[2])), float(_reduced(x, *args)[0])
