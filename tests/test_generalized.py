@@ -106,11 +106,11 @@ def test_polygon_scale_is_the_1d_minimum():
 
 
 def test_polygon_optimum_against_free_optimisation_and_trend_in_K(key):
-    # no bias: the regular K-gon is the best of several starts for K = 4, 5, 6 in d = 2 (never
+    # no bias: the regular K-gon is the best of several starts for K = 5, 6 in d = 2 (never
     # beaten), and the one-vs-rest distance of the free solution follows 1 - cos(2 pi/K)
     lam, n = 5e-3, 2
     distances = []
-    for K, k in zip((4, 5, 6), jax.random.split(key, 3), strict=True):
+    for K, k in zip((5, 6), jax.random.split(key, 2), strict=True):
         m = ufm.UFM(K=K, d=2, n=n, lam_W=lam, lam_H=lam, bias=False)
         opt = ufm.optimum(m)
         best, values = _best_of(m, k)
@@ -128,7 +128,7 @@ def test_polygon_optimum_against_free_optimisation_and_trend_in_K(key):
             np.sum(np.asarray(W) ** 2, axis=1), rho * math.sqrt(n), rtol=SHAPE
         )
         distances.append(float(g["one_vs_rest"]))
-    assert distances[0] > distances[1] > distances[2]
+    assert distances[0] > distances[1]
     # the optimum's own parameters attain its value
     assert abs(float(m.objective(opt.params)) - opt.value) < EXACT * opt.value
 
