@@ -61,14 +61,16 @@ def test_gradient_matches_finite_differences(kw, key):
     g = jax.grad(m.objective)(p)
     eps = 1e-6
     for j in range(3):
-        v = jax.tree.map(lambda x, k=jax.random.key(100 + j): jax.random.normal(k, x.shape), p)
+        k = jax.random.key(100 + j)
+        v = jax.tree.map(lambda x, k=k: jax.random.normal(k, x.shape), p)
         plus = jax.tree.map(lambda x, y: x + eps * y, p, v)
         minus = jax.tree.map(lambda x, y: x - eps * y, p, v)
         fd = (numpy_objective(m, *map(_np, plus)) - numpy_objective(m, *map(_np, minus))) / (
             2 * eps
         )
         directional = sum(
-            float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v))
+            float(jnp.vdot(a, b))
+            for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v), strict=True)
         )
         np.testing.assert_allclose(directional, fd, rtol=1e-7, atol=1e-9)
 

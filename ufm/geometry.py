@@ -46,7 +46,7 @@ def of_gram(K: int, dtype=None) -> Array:
 
 
 def orthonormal_basis(K: int, dtype=None) -> Array:
-    """Q in R^{K x (K-1)} with orthonormal columns and Q Q^T = P (a Helmert basis, deterministic)."""
+    """Q in R^{K x (K-1)}, orthonormal columns, Q Q^T = P (a Helmert basis: deterministic)."""
     _check_K_d(K, K - 1, 1)
     Q = np.zeros((K, K - 1))
     for j in range(1, K):  # column j-1: (1, ..., 1, -j, 0, ...)/sqrt(j(j+1))
@@ -88,7 +88,7 @@ def simplex_etf(
 
 
 def orthogonal_frame(K: int, d: int, key: Array | None = None, dtype=None) -> Array:
-    """Orthogonal frame in R^d: a (d, K) matrix of orthonormal columns (random from `key`). d >= K."""
+    """Orthogonal frame in R^d: (d, K) orthonormal columns (random from `key`); needs d >= K."""
     _check_K_d(K, d, K)
     if key is None:
         return jnp.eye(d, K, dtype=dtype)

@@ -6,5 +6,4 @@ from ufm.models.layer_peeled import LayerPeeled
 from ufm.models.normalized import NormalizedUFM
 from ufm.models.ufm import UFM, Params
 
-__all__ = ["UFM", "Params"]
-__all__ += ["LayerPeeled", "NormalizedUFM", "ExtendedUFM", "DeepParams"]
+__all__ = ["UFM", "Params", "LayerPeeled", "NormalizedUFM", "ExtendedUFM", "DeepParams"]

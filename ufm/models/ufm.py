@@ -120,7 +120,7 @@ class UFM:
 
     # --- parameters and objective ---------------------------------------------------------------
     def init(self, key: Array, scale: float | None = None, dtype=None) -> Params:
-        """Gaussian start: entries of W and H i.i.d. N(0, scale^2), scale = 1/sqrt(d) by default; b = 0."""
+        """Gaussian start: W, H entries i.i.d. N(0, scale^2) (scale 1/sqrt(d) by default); b = 0."""
         scale = 1.0 / np.sqrt(self.d) if scale is None else scale
         kW, kH = jax.random.split(key)
         W = scale * jax.random.normal(kW, (self.K, self.d), dtype)

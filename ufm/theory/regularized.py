@@ -1,4 +1,4 @@
-"""Closed-form optima of the regularised UFM (THEORY.md sections 1, 2 and 4), c = sqrt(n lam_W lam_H).
+"""Closed-form optima of the regularised UFM (THEORY.md sections 1, 2, 4); c = sqrt(n lam_W lam_H).
 
 CE, balanced, d >= K-1 (Zhu et al. 2021; value derived in THEORY 1): with q = (K-1)c,
     Kc >= 1: W = H = 0, f* = log K;
@@ -8,7 +8,7 @@ CE, balanced, d >= K-1 (Zhu et al. 2021; value derived in THEORY 1): with q = (K
 MSE without bias (Tirer & Bruna 2022; any counts n_k, any d): soft-thresholding of the singular
 values sqrt(n_k) of Y at N mu, mu = sqrt(lam_W lam_H), keeping the min(d, K) largest:
     f* = sum_k [n_k/(2N) if class k is dropped, else mu sqrt(n_k) - N mu^2/2];
-    surviving classes form an orthogonal frame with ||w_k||^2 = (lam_H/lam_W)^{1/2}(sqrt(n_k) - N mu).
+    survivors form an orthogonal frame with ||w_k||^2 = (lam_H/lam_W)^{1/2}(sqrt(n_k) - N mu).
 MSE with free bias (Zhou et al. 2022), balanced, d >= K-1: b = 1/K, W W^T = sqrt(n lam_H/lam_W)
     (1-Kc)_+ P (an ETF), f* = (K-1)(c - Kc^2/2) if Kc < 1 else (K-1)/(2K).
 MSE with regularised bias lam_b > 0, balanced: the three regimes of THEORY 2(c).
