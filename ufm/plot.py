@@ -222,6 +222,7 @@ def phase_diagram(
     boundary=None,
     log=(True, True),
     log_values: bool = True,
+    floor: float = 1e-16,
     ax=None,
 ) -> Figure:
     """A metric over a two-axis sweep grid, as a heatmap, with a theoretical boundary on top.
@@ -230,7 +231,7 @@ def phase_diagram(
       values: (len(x), len(y)) array (e.g. the median over seeds of a sweep's metric).
       x, y: grid values of the two axes.
       boundary: optional callable y = boundary(x) (drawn as a dashed line) or a pair (xs, ys).
-      log: log scale for the (x, y) axes; log_values: colour by log10 |values|.
+      log: log scale for the (x, y) axes; log_values: colour by log10 max(|values|, floor).
     """
     values, x, y = np.asarray(values, dtype=float), np.asarray(x), np.asarray(y)
     if values.shape != (len(x), len(y)):
@@ -238,7 +239,7 @@ def phase_diagram(
             f"values must have shape (len(x), len(y))={(len(x), len(y))}, got {values.shape}"
         )
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 4.2))
-    shown = np.log10(np.maximum(np.abs(values), 1e-300)) if log_values else values
+    shown = np.log10(np.maximum(np.abs(values), floor)) if log_values else values
     mesh = ax.pcolormesh(x, y, shown.T, shading="nearest", cmap="viridis")
     fig.colorbar(mesh, ax=ax, label=f"log10 {label}" if log_values else label)
     if boundary is not None:
