@@ -37,7 +37,14 @@ import numpy as np
 from jax import Array
 
 from ufm.losses import cross_entropy
-from ufm.models._base import check_int, check_real, class_counts, frobenius_sq, register_model
+from ufm.models._base import (
+    ClassLayout,
+    check_int,
+    check_real,
+    class_counts,
+    frobenius_sq,
+    register_model,
+)
 from ufm.models.ufm import Params
 from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
 
@@ -93,7 +100,7 @@ def symmetric_noise(K: int, n_clean: int, r: int) -> tuple[int, tuple[int, ...]]
 
 @register_model(leaves=("lam_W", "lam_H", "lam_M", "lam_b"))
 @dataclasses.dataclass(frozen=True)
-class NoisyUFM:
+class NoisyUFM(ClassLayout):
     """Regularised CE-UFM trained on noisy labels, with a memorisation cost lam_M (module
     docstring).
 
@@ -145,19 +152,6 @@ class NoisyUFM:
 
     # --- structure (static) -------------------------------------------------------------------
     @property
-    def counts(self) -> tuple[int, ...]:
-        return (self.n,) * self.K if isinstance(self.n, int) else self.n
-
-    @property
-    def N(self) -> int:
-        return sum(self.counts)
-
-    @property
-    def labels(self) -> Array:
-        """(N,) TRUE class of each column of H."""
-        return jnp.asarray(np.repeat(np.arange(self.K), self.counts))
-
-    @property
     def noisy_labels(self) -> Array:
         """(N,) training label of each column."""
         return jnp.asarray(self.noisy)
@@ -169,7 +163,8 @@ class NoisyUFM:
 
     @property
     def targets(self) -> Array:
-        """(N, K) one-hot NOISY label of each sample (what the loss sees)."""
+        """(N, K) one-hot NOISY label of each sample (what the loss sees); `labels` are the
+        true classes."""
         return jax.nn.one_hot(self.noisy_labels, self.K)
 
     # --- parameters and objective ---------------------------------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -104,3 +105,32 @@ def frobenius_sq(x) -> jax.Array:
 
 def is_balanced(counts: tuple[int, ...]) -> bool:
     return len(set(counts)) == 1
+
+
+class ClassLayout:
+    """Mixin for models with K classes of ``n`` samples each (an int) or per-class counts (a
+    tuple): the columns of H are ordered class by class."""
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """Samples per class, (n_1, ..., n_K)."""
+        return (self.n,) * self.K if isinstance(self.n, int) else self.n
+
+    @property
+    def balanced(self) -> bool:
+        return isinstance(self.n, int)
+
+    @property
+    def N(self) -> int:
+        """Total number of samples."""
+        return sum(self.counts)
+
+    @property
+    def labels(self) -> jax.Array:
+        """(N,) int class of each column of H, in blocks: n_1 zeros, n_2 ones, ..."""
+        return jnp.asarray(np.repeat(np.arange(self.K), self.counts))
+
+    @property
+    def targets(self) -> jax.Array:
+        """(N, K) one-hot target of each sample (the rows of Y^T)."""
+        return jax.nn.one_hot(self.labels, self.K)

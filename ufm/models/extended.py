@@ -24,6 +24,7 @@ from ufm.geometry import etf_gram, of_gram
 from ufm.losses import LOSSES
 from ufm.metrics import nc_metrics
 from ufm.models._base import (
+    ClassLayout,
     check_choice,
     check_int,
     check_real,
@@ -94,7 +95,7 @@ def _layer_gram_gaps(H: Array, Y: Array) -> tuple[Array, Array]:
 
 @register_model(leaves=("lam_H", "lam_Ws", "lam_b"))
 @dataclasses.dataclass(frozen=True)
-class ExtendedUFM:
+class ExtendedUFM(ClassLayout):
     """Extended / deep UFM: free features through depth-1 further layers, then the classifier.
 
     Args:
@@ -137,31 +138,6 @@ class ExtendedUFM:
         object.__setattr__(self, "lam_b", check_real("lam_b", self.lam_b))
         if not isinstance(self.bias, bool):
             raise ValueError(f"bias must be True or False, got bias={self.bias!r}")
-
-    # --- structure (static) -------------------------------------------------------------------
-    @property
-    def counts(self) -> tuple[int, ...]:
-        """Samples per class, (n_1, ..., n_K)."""
-        return (self.n,) * self.K if isinstance(self.n, int) else self.n
-
-    @property
-    def balanced(self) -> bool:
-        return isinstance(self.n, int)
-
-    @property
-    def N(self) -> int:
-        """Total number of samples."""
-        return sum(self.counts)
-
-    @property
-    def labels(self) -> Array:
-        """(N,) int class of each column of H, in blocks: n_1 zeros, n_2 ones, ..."""
-        return jnp.asarray(np.repeat(np.arange(self.K), self.counts))
-
-    @property
-    def targets(self) -> Array:
-        """(N, K) one-hot target of each sample (the rows of Y^T)."""
-        return jax.nn.one_hot(self.labels, self.K)
 
     # --- parameters and objective ---------------------------------------------------------------
     def init(self, key: Array, scale: float | None = None, dtype=None) -> DeepParams:

@@ -24,6 +24,7 @@ from jax import Array
 from ufm.losses import LOSSES
 from ufm.metrics import nc_metrics
 from ufm.models._base import (
+    ClassLayout,
     check_choice,
     check_int,
     check_real,
@@ -84,7 +85,7 @@ def _projected_gradient(K: int, N: int, c: float) -> optax.GradientTransformatio
 
 @register_model(leaves=("E_W", "E_H"))
 @dataclasses.dataclass(frozen=True)
-class LayerPeeled:
+class LayerPeeled(ClassLayout):
     """Layer-peeled model: mean loss of the logits W H under norm budgets E_W, E_H.
 
     ``project`` is the exact Euclidean projection onto the feasible set, a product of two
@@ -127,31 +128,6 @@ class LayerPeeled:
         for name in ("E_W", "E_H"):
             object.__setattr__(self, name, check_real(name, getattr(self, name), strict=True))
         check_choice("h_budget", self.h_budget, H_BUDGETS)
-
-    # --- structure (static) -------------------------------------------------------------------
-    @property
-    def counts(self) -> tuple[int, ...]:
-        """Samples per class, (n_1, ..., n_K)."""
-        return (self.n,) * self.K if isinstance(self.n, int) else self.n
-
-    @property
-    def balanced(self) -> bool:
-        return isinstance(self.n, int)
-
-    @property
-    def N(self) -> int:
-        """Total number of samples."""
-        return sum(self.counts)
-
-    @property
-    def labels(self) -> Array:
-        """(N,) int class of each column of H, in blocks: n_1 zeros, n_2 ones, ..."""
-        return jnp.asarray(np.repeat(np.arange(self.K), self.counts))
-
-    @property
-    def targets(self) -> Array:
-        """(N, K) one-hot target of each sample (the rows of Y^T)."""
-        return jax.nn.one_hot(self.labels, self.K)
 
     def h_weights(self, dtype=None) -> Array:
         """(N,) weight a_i of ||h_i||^2 in the feature budget sum_i a_i ||h_i||^2 <= E_H:

@@ -13,12 +13,12 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 
 from ufm.losses import LOSSES
 from ufm.metrics import nc_metrics
 from ufm.models._base import (
+    ClassLayout,
     check_choice,
     check_int,
     check_real,
@@ -39,7 +39,7 @@ def _unit(X: Array, axis: int) -> Array:
 
 @register_model(leaves=("tau", "r_W", "r_H"))
 @dataclasses.dataclass(frozen=True)
-class NormalizedUFM:
+class NormalizedUFM(ClassLayout):
     """Normalized-feature UFM: loss of W H / tau with rows w_k and columns h_i on spheres.
 
     The objective is evaluated at the retraction of the parameters, W -> r_W W/||w_k|| row by row
@@ -76,31 +76,6 @@ class NormalizedUFM:
         for name in ("tau", "r_W", "r_H"):
             object.__setattr__(self, name, check_real(name, getattr(self, name), strict=True))
         check_choice("loss", self.loss, LOSSES)
-
-    # --- structure (static) -------------------------------------------------------------------
-    @property
-    def counts(self) -> tuple[int, ...]:
-        """Samples per class, (n_1, ..., n_K)."""
-        return (self.n,) * self.K if isinstance(self.n, int) else self.n
-
-    @property
-    def balanced(self) -> bool:
-        return isinstance(self.n, int)
-
-    @property
-    def N(self) -> int:
-        """Total number of samples."""
-        return sum(self.counts)
-
-    @property
-    def labels(self) -> Array:
-        """(N,) int class of each column of H, in blocks: n_1 zeros, n_2 ones, ..."""
-        return jnp.asarray(np.repeat(np.arange(self.K), self.counts))
-
-    @property
-    def targets(self) -> Array:
-        """(N, K) one-hot target of each sample (the rows of Y^T)."""
-        return jax.nn.one_hot(self.labels, self.K)
 
     # --- manifold -------------------------------------------------------------------------------
     def project(self, params: Params) -> Params:

@@ -20,6 +20,7 @@ from jax import Array
 from ufm.losses import LOSSES, PARAMETRIC_LOSSES
 from ufm.metrics import nc_metrics
 from ufm.models._base import (
+    ClassLayout,
     check_choice,
     check_int,
     check_real,
@@ -43,7 +44,7 @@ class Params(NamedTuple):
 
 @register_model(leaves=("lam_W", "lam_H", "lam_b", "alpha", "gamma"))
 @dataclasses.dataclass(frozen=True)
-class UFM:
+class UFM(ClassLayout):
     """Regularised UFM: mean loss of the logits W H + b plus lam/2 times squared Frobenius norms.
 
     Args:
@@ -92,31 +93,6 @@ class UFM:
                     f"{name} is used only with loss={loss!r}; with loss={self.loss!r} it must be "
                     f"0, got {name}={value!r}"
                 )
-
-    # --- structure (static) -------------------------------------------------------------------
-    @property
-    def counts(self) -> tuple[int, ...]:
-        """Samples per class, (n_1, ..., n_K)."""
-        return (self.n,) * self.K if isinstance(self.n, int) else self.n
-
-    @property
-    def balanced(self) -> bool:
-        return isinstance(self.n, int)
-
-    @property
-    def N(self) -> int:
-        """Total number of samples."""
-        return sum(self.counts)
-
-    @property
-    def labels(self) -> Array:
-        """(N,) int class of each column of H, in blocks: n_1 zeros, n_2 ones, ..."""
-        return jnp.asarray(np.repeat(np.arange(self.K), self.counts))
-
-    @property
-    def targets(self) -> Array:
-        """(N, K) one-hot target of each sample (the rows of Y^T)."""
-        return jax.nn.one_hot(self.labels, self.K)
 
     # --- parameters and objective ---------------------------------------------------------------
     def init(self, key: Array, scale: float | None = None, dtype=None) -> Params:
