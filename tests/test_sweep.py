@@ -137,10 +137,14 @@ def test_changing_values_does_not_recompile(base):
     np.testing.assert_allclose(sw.objective[1, 1, 1], res.objective, rtol=SAME)
 
 
-def test_divergence_is_isolated():
+@pytest.mark.parametrize("group_size", [1, 4])
+def test_divergence_is_isolated(group_size):
     """A huge learning rate at one grid point: those runs are frozen finite and marked; the
-    others run all their steps and equal a sweep without the bad point."""
-    sw = ufm.sweep(MODEL, {"lam_W": [1e-3, 1e-2], "learning_rate": [0.1, 1e100]}, **KW)
+    others run all their steps and equal independent solves, also when 4 runs share one
+    vmapped loop (group_size=4, the accelerator layout) with diverging ones."""
+    grid = {"lam_W": [1e-3, 1e-2], "learning_rate": [0.1, 1e100]}
+    sw = ufm.sweep(MODEL, grid, **KW, group_size=group_size)
+    assert sw.meta["group_size"] == group_size
     assert sw.diverged[:, 1].all() and not sw.diverged[:, 0].any()
     assert (sw.status[:, 1] == NONFINITE).all() and (sw.steps_taken[:, 1] < 20).all()
     assert np.isfinite(sw.objective).all()

@@ -678,6 +678,8 @@ class _Static:
     record_every: int | None
     use_tol: bool
     keep_params: bool
+    group: int
+    vmap_init: bool
     mesh: Mesh
 
 
@@ -693,8 +695,38 @@ def _report(token, delta):
 
 
 def _chunk_body(st: _Static, leaves, hparams, seeds, tol, token):
-    """The runs of one device's shard: (R_local, ...) inputs -> dict of (R_local, ...) outputs."""
-    tol = tol if st.use_tol else None
+    """The runs of one device's shard: (R_local, ...) inputs -> dict of (R_local, ...) outputs.
+
+    The runs are split into groups of ``st.group`` runs stepped together in one vmapped loop;
+    the groups run one after another (`lax.map`). One run per group (the CPU default) keeps a
+    run's arrays in cache and uses unbatched matrix products.
+    """
+    local = seeds.shape[0]
+    g = st.group
+    n_groups = local // g
+    grouped = jax.tree.map(
+        lambda x: x.reshape((n_groups, g) + x.shape[1:]), (leaves, hparams, seeds)
+    )
+    fn = functools.partial(_group_body, st, tol if st.use_tol else None, token, n_groups)
+    if n_groups == 1:
+        out = fn(jax.tree.map(lambda x: x[0], grouped))
+        return jax.tree.map(lambda x: x.reshape((local,) + x.shape[1:]), out)
+    out = jax.lax.map(fn, grouped)
+    return jax.tree.map(lambda x: x.reshape((local,) + x.shape[2:]), out)
+
+
+def _group_body(st: _Static, tol, token, n_groups, args):
+    """One group of runs, from their start to their final values (and history).
+
+    A group of one run is traced without its run axis (a plain loop over one run's arrays,
+    which compiles and runs fastest); larger groups are vmapped inside the loops, so that the
+    loops and the progress reports stay at the level of the whole group.
+    """
+    single = st.group == 1
+    if single:
+        args = jax.tree.map(lambda x: x[0], args)
+    leaves, hparams, seeds = args
+    batched = (lambda f: f) if single else jax.vmap
 
     def model_of(lv):
         return jax.tree_util.tree_unflatten(st.treedef, lv)
@@ -704,48 +736,63 @@ def _chunk_body(st: _Static, leaves, hparams, seeds, tol, token):
         tx = st.optimizer(**hp) if st.is_factory else st.optimizer
         return model, _loop(model, tx, example, tol)
 
-    # sequential init (lax.map): the batched PRNG compiles slowly and costs nothing at run time
-    params0 = jax.lax.map(lambda a: model_of(a[0]).init(jax.random.key(a[1])), (leaves, seeds))
-    carry = jax.vmap(lambda lv, hp, p: loop_of(lv, hp, p)[1].start(p))(leaves, hparams, params0)
+    def init(lv, seed):
+        return model_of(lv).init(jax.random.key(seed))
+
+    if not single and not st.vmap_init:  # the batched PRNG compiles slowly on CPU: one by one
+        params0 = jax.lax.map(lambda a: init(*a), (leaves, seeds))
+    else:
+        params0 = batched(init)(leaves, seeds)
+    carry = batched(lambda lv, hp, p: loop_of(lv, hp, p)[1].start(p))(leaves, hparams, params0)
 
     def bstep(c, active):
-        return jax.vmap(lambda lv, hp, c, a: loop_of(lv, hp, c.params)[1].step(c, a))(
-            leaves, hparams, c, active
-        )
+        step = lambda lv, hp, c, a: loop_of(lv, hp, c.params)[1].step(c, a)  # noqa: E731
+        return batched(step)(leaves, hparams, c, active)
 
-    every = max(1, st.steps // _REPORTS_PER_CHUNK)
+    # progress: about _REPORTS_PER_CHUNK reports per chunk, each the steps taken since the last,
+    # sent between segments of `every` steps (never a callback or a branch per step)
+    every = -(-st.steps * n_groups // _REPORTS_PER_CHUNK)
+    count = jnp.result_type(int)
 
-    def advance(c, stop):
+    def tell(i, done):
+        now = jnp.sum(i.astype(count))
+        jax.debug.callback(_report, token, now - done)
+        return now
+
+    def advance(c, stop, done):
         """Step every run until it reaches `stop` steps or stops (converged / non-finite)."""
 
         def running(c):
             return (c.i < stop) & (c.status == MAX_STEPS)
 
-        def body(s):
-            c, j, done = s
-            c = bstep(c, running(c))
-            j = j + 1
+        def steps(c, limit):
+            def body(t):
+                c, j = t  # a single run steps only while it runs: active is then constant
+                return bstep(c, True if single else running(c)), j + 1
 
-            def tell(c, done):
-                now = jnp.sum(c.i.astype(done.dtype))
-                jax.debug.callback(_report, token, now - done)
-                return now
+            return jax.lax.while_loop(
+                lambda t: (t[1] < limit) & jnp.any(running(t[0])), body, (c, 0)
+            )[0]
 
-            done = jax.lax.cond(j % every == 0, tell, lambda c, done: done, c, done)
-            return c, j, done
+        if every >= st.steps:  # reports only when a group finishes
+            return steps(c, st.steps), done
 
-        done0 = jnp.zeros((), jnp.result_type(int))
-        c, _, _ = jax.lax.while_loop(lambda s: jnp.any(running(s[0])), body, (c, 0, done0))
-        return c
+        def segment(s):
+            c, done = s
+            c = steps(c, every)
+            due = jnp.sum(c.i.astype(count)) - done >= every
+            return c, jax.lax.cond(due, tell, lambda i, done: done, c.i, done)
+
+        return jax.lax.while_loop(lambda s: jnp.any(running(s[0])), segment, (c, done))
 
     def record(c):
-        return jax.vmap(lambda lv, hp, c: loop_of(lv, hp, c.params)[1].record(c))(
-            leaves, hparams, c
-        )
+        rec = lambda lv, hp, c: loop_of(lv, hp, c.params)[1].record(c)  # noqa: E731
+        return batched(rec)(leaves, hparams, c)
 
+    done = jnp.zeros((), count)
     out = {}
     if st.record_every is None:
-        carry = advance(carry, st.steps)
+        carry, done = advance(carry, st.steps, done)
         last_row = None
     else:
         # one record site (row b after advancing to step b * record_every), as in `ufm.solve`:
@@ -758,23 +805,27 @@ def _chunk_body(st: _Static, leaves, hparams, seeds, tol, token):
         }
 
         def block(s):
-            c, b, hist = s
+            c, b, hist, done = s
             was_running = (c.status == MAX_STEPS) | (b == 0)
-            c = advance(c, jnp.minimum(b * st.record_every, st.steps))
+            c, done = advance(c, jnp.minimum(b * st.record_every, st.steps), done)
             row = record(c)
             hist = {
-                k: h.at[:, b].set(jnp.where(was_running, row[k], h[:, b])) for k, h in hist.items()
+                k: h.at[..., b].set(jnp.where(was_running, row[k], h[..., b]))
+                for k, h in hist.items()
             }
-            return c, b + 1, hist
+            return c, b + 1, hist, done
 
-        carry, _, hist = jax.lax.while_loop(
+        carry, _, hist, done = jax.lax.while_loop(
             lambda s: (s[1] < T) & ((s[1] == 0) | jnp.any(s[0].status == MAX_STEPS)),
             block,
-            (carry, 0, hist0),
+            (carry, 0, hist0, done),
         )
         out.update({f"history/{k}": v for k, v in hist.items()})
-        last = jnp.max(jnp.where(hist["step"] >= 0, jnp.arange(T), 0), axis=1)
-        last_row = {k: jnp.take_along_axis(v, last[:, None], axis=1)[:, 0] for k, v in hist.items()}
+        last = jnp.max(jnp.where(hist["step"] >= 0, jnp.arange(T), 0), axis=-1)
+        last_row = {
+            k: jnp.take_along_axis(v, last[..., None], axis=-1)[..., 0] for k, v in hist.items()
+        }
+    tell(carry.i, done)
 
     def final(lv, hp, c, row):
         model, loop = loop_of(lv, hp, c.params)
@@ -786,9 +837,11 @@ def _chunk_body(st: _Static, leaves, hparams, seeds, tol, token):
             res.update({f"metrics/{k}": metrics[k] for k in keys})
         return res
 
-    out.update(jax.vmap(final)(leaves, hparams, carry, last_row))
+    out.update(batched(final)(leaves, hparams, carry, last_row))
     if st.keep_params:
         out["params"] = carry.params
+    if single:
+        out = jax.tree.map(lambda x: x[None], out)
     return out
 
 
@@ -971,6 +1024,7 @@ def sweep(
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     devices: Sequence[jax.Device] | None = None,
+    group_size: int | None = None,
     keep_params: bool = False,
     progress: bool = True,
     on_chunk: Callable[[int, int], None] | None = None,
@@ -1015,6 +1069,10 @@ def sweep(
         device, beyond which caches thrash).
       devices: the devices to shard the run axis over (a 1-D mesh). Default: ``jax.devices()``,
         every device of every process after ``jax.distributed.initialize()``.
+      group_size: runs stepped together in one vmapped loop on each device; the groups of a
+        chunk run one after another. Default: 1 on CPU (a run's arrays stay in cache and
+        unbatched matrix products are the fastest there: 1.7x less CPU time than vmapping 32
+        runs on B1), every run of the chunk on accelerators (one batched kernel per op).
       keep_params: also return the final parameters of every run (memory: runs x model size).
       progress: show a tqdm progress bar (run-steps done, runs done, rate, ETA) on stderr.
       on_chunk: called as ``on_chunk(chunks_done, chunks_total)`` after each chunk is done
@@ -1039,6 +1097,12 @@ def sweep(
         raise ValueError(f"memory_budget must be a number of bytes >= 1, got {memory_budget!r}")
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be True or False, got progress={progress!r}")
+    if group_size is not None and (
+        isinstance(group_size, bool)
+        or not isinstance(group_size, int | np.integer)
+        or group_size < 1
+    ):
+        raise ValueError(f"group_size must be an integer >= 1 or None, got {group_size!r}")
     if on_chunk is not None and not callable(on_chunk):
         raise ValueError(f"on_chunk must be callable or None, got on_chunk={on_chunk!r}")
     n_dev = len(devices)
@@ -1049,7 +1113,14 @@ def sweep(
         ckpt = _Checkpoint(checkpoint, plan.config, chunk, R, writer=jax.process_index() == 0)
         chunk = ckpt.chunk  # resume with the checkpoint's chunks, whatever the devices now
     n_chunks = -(-R // chunk)
-    padded = -(-chunk // n_dev) * n_dev  # each call's run axis: a multiple of the device count
+    local = -(-chunk // n_dev)  # runs per device and call
+    on_cpu = devices[0].platform == "cpu"
+    if group_size is None:
+        group = 1 if on_cpu else local
+    else:
+        group = min(int(group_size), local)
+    local = -(-local // group) * group
+    padded = local * n_dev  # each call's run axis: whole groups on every device
 
     mesh = Mesh(np.asarray(devices), (_RUN_AXIS,))
     st = _Static(
@@ -1061,6 +1132,8 @@ def sweep(
         record_every=plan.record_every,
         use_tol=plan.tol is not None,
         keep_params=plan.keep_params,
+        group=group,
+        vmap_init=not on_cpu,
         mesh=mesh,
     )
     fn = _compiled_chunk(st)
@@ -1157,6 +1230,7 @@ def sweep(
         "devices": [str(d) for d in devices],
         "processes": jax.process_count(),
         "chunk_size": chunk,
+        "group_size": group,
         "chunks": n_chunks,
         "resumed_chunks": resumed,
         "seconds": time.perf_counter() - t_start,

@@ -1,0 +1,139 @@
+"""B1 sweep throughput (BENCHMARKS.md): CE UFM, K=10, d=64, n=50, bias, lam_H = lam_b = 5e-4,
+lam_W in {1e-4, 5e-4, 1e-3, 5e-3}, 8 seeds (32 runs), 1000 GD steps at lr 0.5, float32.
+
+Times `ufm.sweep` cold (first call in the process: tracing and compilation included) and warm
+(best of --repeats), and, side by side in the same process, the PyTorch peer: the eager loop of
+the public NC code (32 runs one after the other) and the peer at its best (torch.func.vmap of the
+gradient over the 32 runs). Reports ratios, achieved GFLOP/s (6 K d N per run-step) and their
+fraction of this machine's float32 matmul peak (2048 x 2048, best of JAX and torch, same run).
+
+    python benchmarks/b1_sweep_throughput.py [--host-devices 2] [--repeats 5] [--no-peer]
+
+--host-devices N splits the runs over N CPU devices (one per core; XLA_FLAGS set before JAX
+starts). Writes benchmarks/results/b1.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import set_host_devices  # noqa: E402
+
+HOST_DEVICES = set_host_devices(sys.argv)
+
+import _peer  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from _common import environment, jax_matmul_gflops, markdown, timed, write_json  # noqa: E402
+
+import ufm  # noqa: E402
+
+K, D, N_PER, LAM, LR = 10, 64, 50, 5e-4, 0.5
+LAM_WS = [1e-4, 5e-4, 1e-3, 5e-3]
+SEEDS = 8
+TARGETS = {"warm_vs_eager": 20.0, "warm_vs_vmap": 5.0, "cold_vs_eager": 5.0, "peak_fraction": 0.5}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3, help="warm timings (best is reported)")
+    p.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer")
+    p.add_argument("--vmap-steps", type=int, default=200,
+                   help="time the vmap peer over this many steps and scale to --steps")  # fmt: skip
+    p.add_argument("--host-devices", type=int, default=None, help="CPU devices (cores) to use")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "b1.json"))
+    args = p.parse_args()
+    steps, runs = args.steps, len(LAM_WS) * SEEDS
+    env = environment()
+    jax.numpy.zeros(()).block_until_ready()  # start the backend outside the cold timing
+
+    model = ufm.UFM(K=K, d=D, n=N_PER, loss="ce", lam_W=LAM, lam_H=LAM, lam_b=LAM)
+    grid = {"lam_W": LAM_WS, "learning_rate": LR}
+
+    def run():
+        sw = ufm.sweep(model, grid, seeds=SEEDS, steps=steps, optimizer=optax.sgd, progress=False)
+        return sw
+
+    cold, sw = timed(run)
+    warm_times = []
+    peer = {}
+    use_peer = _peer.AVAILABLE and not args.no_peer
+    for r in range(args.repeats):
+        warm_times.append(timed(run)[0])
+        if use_peer and r == 0:  # interleaved with the warm timings: same machine state
+            peer["eager"], peer_obj = _peer.eager_sweep(
+                K, D, N_PER, LAM_WS, range(SEEDS), LAM, LAM, LR, steps
+            )
+            t, _ = _peer.vmap_sweep(K, D, N_PER, LAM_WS, range(SEEDS), LAM, LAM, LR,
+                                    args.vmap_steps)  # fmt: skip
+            peer["vmap"] = t * steps / args.vmap_steps
+    warm = min(warm_times)
+    peak_jax = jax_matmul_gflops()
+    peak_torch = _peer.matmul_gflops() if _peer.AVAILABLE else 0.0
+    peak = max(peak_jax, peak_torch)
+    flops = 6 * K * D * (K * N_PER) * runs * steps
+    gflops = flops / warm / 1e9
+
+    rows = [
+        ["ufm.sweep, warm", f"{warm:.3f}", "1", f"{gflops:.1f}", f"{gflops / peak:.0%}"],
+        ["ufm.sweep, cold (compile included)", f"{cold:.3f}", f"{cold / warm:.1f}", "", ""],
+    ]
+    ratios = {}
+    if use_peer:
+        for name, label in (("eager", "torch eager loop"), ("vmap", "torch.func.vmap peer")):
+            t = peer[name]
+            note = f" ({args.vmap_steps} steps, scaled)" if name == "vmap" else ""
+            rows.append([label + note, f"{t:.3f}", f"{t / warm:.1f}", f"{flops / t / 1e9:.1f}",
+                         f"{flops / t / 1e9 / peak:.0%}"])  # fmt: skip
+        ratios = {
+            "warm_vs_eager": peer["eager"] / warm,
+            "warm_vs_vmap": peer["vmap"] / warm,
+            "cold_vs_eager": peer["eager"] / cold,
+        }
+    ratios["peak_fraction"] = gflops / peak
+
+    devices = f"{len(jax.devices())} {jax.devices()[0].platform} device(s)"
+    print(f"B1 sweep throughput: {runs} runs x {steps} steps, float32, {devices}; "
+          f"{_peer.describe()}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"float32 matmul peak (2048^2): jax {peak_jax:.0f}, torch {peak_torch:.0f} GFLOP/s\n")
+    print(markdown(rows, ["", "seconds", "x ufm warm", "GFLOP/s", "of peak"]))
+    print()
+    for k, v in ratios.items():
+        ok = "meets" if v >= TARGETS[k] else "below"
+        print(f"{k:15s} {v:8.2f}  (target >= {TARGETS[k]}: {ok})")
+    lam_med = np.median(sw.objective, axis=-1)
+    print("\nfinal objective (median over seeds) per lam_W:", np.round(lam_med, 4).tolist())
+    if use_peer:
+        peer_med = np.median(np.reshape(peer_obj, (len(LAM_WS), SEEDS)), axis=-1)
+        print("torch eager, same problem:                   ", np.round(peer_med, 4).tolist())
+    write_json(
+        args.out,
+        {
+            "benchmark": "B1",
+            "runs": runs,
+            "steps": steps,
+            "host_devices": HOST_DEVICES,
+            "seconds": {
+                "ufm_cold": cold,
+                "ufm_warm": warm,
+                "ufm_warm_all": warm_times,
+                **{f"peer_{k}": v for k, v in peer.items()},
+            },  # fmt: skip
+            "gflops": gflops,
+            "peak_gflops": {"jax": peak_jax, "torch": peak_torch},
+            "ratios": ratios,
+            "targets": TARGETS,
+            "objective_median_per_lam_W": lam_med.tolist(),
+            "environment": env,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

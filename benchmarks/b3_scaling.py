@@ -1,0 +1,169 @@
+"""B3 scaling in runs (BENCHMARKS.md): B1's problem (CE UFM, K=10, d=64, n=50, float32, GD at
+lr 0.5), 200 steps, runs = 1, 4, 16, ..., 4096 (lam_W spread over the runs' seeds).
+
+For each run count: `ufm.sweep` warm run-steps per second (after one cold call), its chunking and
+the peak resident memory of the process during the call (sampled every 2 ms, above the level
+before it); side by side, the PyTorch vmap peer (timed over --peer-steps steps, scaled) and the
+eager loop (one run; its rate does not depend on the run count). Expected: ufm flat once
+saturated; memory bounded by the chunk size, not by the number of runs.
+
+    python benchmarks/b3_scaling.py [--max-runs 4096] [--host-devices 2] [--no-peer]
+
+Writes benchmarks/results/b3.json and b3.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import set_host_devices  # noqa: E402
+
+HOST_DEVICES = set_host_devices(sys.argv)
+
+import _peer  # noqa: E402
+import jax  # noqa: E402
+import optax  # noqa: E402
+from _common import environment, markdown, timed, write_json  # noqa: E402
+
+import ufm  # noqa: E402
+
+K, D, N_PER, LAM, LR = 10, 64, 50, 5e-4, 0.5
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled by a thread."""
+
+    def __enter__(self):
+        self.base = self.peak = rss_bytes()
+        self.stop = threading.Event()
+
+        def sample():
+            while not self.stop.wait(0.002):
+                self.peak = max(self.peak, rss_bytes())
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        self.extra = self.peak - self.base
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--max-runs", type=int, default=4096)
+    p.add_argument("--chunk-size", type=int, default=None, help="default: ufm's own choice")
+    p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--peer-steps", type=int, default=20, help="vmap peer timed over this many")
+    p.add_argument("--host-devices", type=int, default=None, help="CPU devices (cores) to use")
+    here = os.path.dirname(os.path.abspath(__file__))
+    p.add_argument("--out", default=os.path.join(here, "results", "b3.json"))
+    args = p.parse_args()
+    env = environment()
+    steps = args.steps
+    counts = [4**k for k in range(8) if 4**k <= args.max_runs]
+    model = ufm.UFM(K=K, d=D, n=N_PER, loss="ce", lam_W=LAM, lam_H=LAM, lam_b=LAM)
+    use_peer = _peer.AVAILABLE and not args.no_peer
+    flops_per_run_step = 6 * K * D * K * N_PER
+
+    eager_rate = None
+    if use_peer:
+        t, _ = _peer.eager_sweep(K, D, N_PER, [LAM], [0], LAM, LAM, LR, steps)
+        eager_rate = steps / t
+    rows, points = [], []
+    for runs in counts:
+        lam_Ws = [1e-4, 5e-4, 1e-3, 5e-3][: min(4, runs)]
+        seeds = runs // len(lam_Ws)
+        grid = {"lam_W": lam_Ws, "learning_rate": LR}
+
+        def run(grid=grid, seeds=seeds):
+            return ufm.sweep(model, grid, seeds=seeds, steps=steps, optimizer=optax.sgd,
+                             chunk_size=args.chunk_size, progress=False)  # fmt: skip
+
+        cold, _ = timed(run)
+        with PeakRSS() as mem:
+            warm, sw = timed(run)
+        warm = min(warm, timed(run)[0])
+        rate = runs * steps / warm
+        point = {
+            "runs": runs,
+            "cold_s": cold,
+            "warm_s": warm,
+            "run_steps_per_s": rate,
+            "gflops": rate * flops_per_run_step / 1e9,
+            "chunk_size": sw.meta["chunk_size"],
+            "chunks": sw.meta["chunks"],
+            "peak_rss_mb": mem.extra / 2**20,
+        }
+        if use_peer:
+            t, _ = _peer.vmap_sweep(K, D, N_PER, lam_Ws, range(seeds), LAM, LAM, LR,
+                                    args.peer_steps)  # fmt: skip
+            point["peer_vmap_run_steps_per_s"] = runs * args.peer_steps / t
+            point["peer_eager_run_steps_per_s"] = eager_rate
+        points.append(point)
+        row = [runs, f"{rate:,.0f}", f"{point['gflops']:.1f}", f"{point['chunk_size']}",
+               f"{point['chunks']}", f"{point['peak_rss_mb']:.0f}", f"{cold:.2f}"]  # fmt: skip
+        if use_peer:
+            vr = point["peer_vmap_run_steps_per_s"]
+            row += [
+                f"{vr:,.0f}",
+                f"{eager_rate:,.0f}",
+                f"{rate / vr:.1f}",
+                f"{rate / eager_rate:.1f}",
+            ]
+        rows.append(row)
+        print(f"  runs={runs}: {rate:,.0f} run-steps/s", flush=True)
+
+    head = ["runs", "ufm run-steps/s", "GFLOP/s", "chunk", "chunks", "peak MB", "cold s"]
+    if use_peer:
+        head += ["torch vmap", "torch eager", "x vmap", "x eager"]
+    devices = f"{len(jax.devices())} {jax.devices()[0].platform} device(s)"
+    print(f"\nB3 scaling: {steps} steps per run, float32, {devices}; {_peer.describe()}; "
+          f"load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+    print(markdown(rows, head))
+    write_json(args.out, {"benchmark": "B3", "steps": steps, "host_devices": HOST_DEVICES,
+                          "points": points, "environment": env})  # fmt: skip
+    plot(points, os.path.splitext(args.out)[0] + ".png", steps)
+    return 0
+
+
+def plot(points, path, steps):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [p["runs"] for p in points]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    ax.loglog(runs, [p["run_steps_per_s"] for p in points], "o-", label="ufm.sweep (warm)")
+    if "peer_vmap_run_steps_per_s" in points[0]:
+        ax.loglog(runs, [p["peer_vmap_run_steps_per_s"] for p in points], "s--",
+                  label="torch.func.vmap")  # fmt: skip
+        ax.loglog(runs, [p["peer_eager_run_steps_per_s"] for p in points], ":",
+                  label="torch eager loop")  # fmt: skip
+    ax.set(xlabel="runs", ylabel="run-steps per second", title=f"B3: throughput ({steps} steps)")
+    ax.legend()
+    bx.semilogx(runs, [p["peak_rss_mb"] for p in points], "o-")
+    bx.set(xlabel="runs", ylabel="peak extra RSS (MB)", title="memory during the sweep")
+    for p in points:
+        bx.annotate(f"chunk {p['chunk_size']}", (p["runs"], p["peak_rss_mb"]), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
