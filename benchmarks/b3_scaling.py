@@ -1,11 +1,11 @@
 """B3 scaling in runs (BENCHMARKS.md): B1's problem (CE UFM, K=10, d=64, n=50, float32, GD at
 lr 0.5), 200 steps, runs = 1, 4, 16, ..., 4096 (lam_W spread over the runs' seeds).
 
-For each run count: `ufm.sweep` warm run-steps per second (after one cold call), its chunking and
-the peak resident memory of the process during the call (sampled every 2 ms, above the level
-before it); side by side, the PyTorch vmap peer (timed over --peer-steps steps, scaled) and the
-eager loop (one run; its rate does not depend on the run count). Expected: ufm flat once
-saturated; memory bounded by the chunk size, not by the number of runs.
+For each run count: `ufm.sweep` warm run-steps per second (after one cold call), its chunking
+and the memory one compiled call needs per device (arguments, outputs and temporaries, as XLA
+reports it); side by side, the PyTorch vmap peer (timed over --peer-steps steps after a warm-up,
+scaled) and the eager loop (one run after a warm-up; its rate does not depend on the run count).
+Expected: ufm flat once saturated; memory bounded by the chunk size, not by the number of runs.
 
     python benchmarks/b3_scaling.py [--max-runs 4096] [--host-devices 2] [--no-peer]
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import set_host_devices  # noqa: E402
@@ -32,33 +31,6 @@ from _common import environment, markdown, timed, write_json  # noqa: E402
 import ufm  # noqa: E402
 
 K, D, N_PER, LAM, LR = 10, 64, 50, 5e-4, 0.5
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled by a thread."""
-
-    def __enter__(self):
-        self.base = self.peak = rss_bytes()
-        self.stop = threading.Event()
-
-        def sample():
-            while not self.stop.wait(0.002):
-                self.peak = max(self.peak, rss_bytes())
-
-        self.thread = threading.Thread(target=sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.peak = max(self.peak, rss_bytes())
-        self.extra = self.peak - self.base
 
 
 def main() -> int:
@@ -81,6 +53,7 @@ def main() -> int:
 
     eager_rate = None
     if use_peer:
+        _peer.eager_sweep(K, D, N_PER, [LAM], [0], LAM, LAM, LR, 20)  # warm-up
         t, _ = _peer.eager_sweep(K, D, N_PER, [LAM], [0], LAM, LAM, LR, steps)
         eager_rate = steps / t
     rows, points = [], []
@@ -94,9 +67,9 @@ def main() -> int:
                              chunk_size=args.chunk_size, progress=False)  # fmt: skip
 
         cold, _ = timed(run)
-        with PeakRSS() as mem:
-            warm, sw = timed(run)
+        warm, sw = timed(run)
         warm = min(warm, timed(run)[0])
+        mem = sw.meta["bytes_per_device_and_call"]
         rate = runs * steps / warm
         point = {
             "runs": runs,
@@ -106,16 +79,18 @@ def main() -> int:
             "gflops": rate * flops_per_run_step / 1e9,
             "chunk_size": sw.meta["chunk_size"],
             "chunks": sw.meta["chunks"],
-            "peak_rss_mb": mem.extra / 2**20,
+            "mb_per_device_and_call": None if mem is None else mem / 2**20,
         }
         if use_peer:
+            _peer.vmap_sweep(K, D, N_PER, lam_Ws, range(seeds), LAM, LAM, LR, 2)  # warm-up
             t, _ = _peer.vmap_sweep(K, D, N_PER, lam_Ws, range(seeds), LAM, LAM, LR,
                                     args.peer_steps)  # fmt: skip
             point["peer_vmap_run_steps_per_s"] = runs * args.peer_steps / t
             point["peer_eager_run_steps_per_s"] = eager_rate
         points.append(point)
+        mb = point["mb_per_device_and_call"] or 0
         row = [runs, f"{rate:,.0f}", f"{point['gflops']:.1f}", f"{point['chunk_size']}",
-               f"{point['chunks']}", f"{point['peak_rss_mb']:.0f}", f"{cold:.2f}"]  # fmt: skip
+               f"{point['chunks']}", f"{mb:.1f}", f"{cold:.2f}"]  # fmt: skip
         if use_peer:
             vr = point["peer_vmap_run_steps_per_s"]
             row += [
@@ -127,7 +102,7 @@ def main() -> int:
         rows.append(row)
         print(f"  runs={runs}: {rate:,.0f} run-steps/s", flush=True)
 
-    head = ["runs", "ufm run-steps/s", "GFLOP/s", "chunk", "chunks", "peak MB", "cold s"]
+    head = ["runs", "ufm run-steps/s", "GFLOP/s", "chunk", "chunks", "MB/device/call", "cold s"]
     if use_peer:
         head += ["torch vmap", "torch eager", "x vmap", "x eager"]
     devices = f"{len(jax.devices())} {jax.devices()[0].platform} device(s)"
@@ -156,10 +131,11 @@ def plot(points, path, steps):
                   label="torch eager loop")  # fmt: skip
     ax.set(xlabel="runs", ylabel="run-steps per second", title=f"B3: throughput ({steps} steps)")
     ax.legend()
-    bx.semilogx(runs, [p["peak_rss_mb"] for p in points], "o-")
-    bx.set(xlabel="runs", ylabel="peak extra RSS (MB)", title="memory during the sweep")
-    for p in points:
-        bx.annotate(f"chunk {p['chunk_size']}", (p["runs"], p["peak_rss_mb"]), fontsize=7)
+    mb = [p["mb_per_device_and_call"] or 0 for p in points]
+    bx.semilogx(runs, mb, "o-")
+    bx.set(xlabel="runs", ylabel="MB per device and call (XLA)", title="memory of one chunk")
+    for p, m in zip(points, mb, strict=True):
+        bx.annotate(f"chunk {p['chunk_size']}", (p["runs"], m), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")

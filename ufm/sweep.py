@@ -44,7 +44,7 @@ __all__ = ["Sweep", "sweep", "load_sweep"]
 _FORMAT = "ufm.sweep/1"
 _RUN_AXIS = "runs"
 _MAX_SEED = 2**31 - 1
-_CPU_MAX_CHUNK = 4096  # default cap of runs per CPU device and chunk (beyond, caches thrash)
+_CPU_MAX_CHUNK = 1024  # default cap of runs per CPU device and chunk (checkpoint granularity)
 _REPORTS_PER_CHUNK = 50  # progress callbacks per chunk (each costs a few microseconds)
 
 
@@ -355,7 +355,7 @@ def _plan(model, grid, seeds, steps, optimizer, record_every, tol, zip_axes, kee
     for attr in ("init", "objective"):
         if not callable(getattr(model, attr, None)):
             raise ValueError(f"model must have a callable `{attr}` method, got model={model!r}")
-    flat, treedef = jax.tree_util.tree_flatten(model)
+    treedef = jax.tree_util.tree_structure(model)
     for kp, leaf in jax.tree_util.tree_flatten_with_path(model)[0]:
         if not isinstance(leaf, int | float | np.ndarray | np.generic | jax.Array) or isinstance(
             leaf, bool
@@ -487,7 +487,6 @@ def _plan(model, grid, seeds, steps, optimizer, record_every, tol, zip_axes, kee
     # --- per-axis values, validated through the model's own constructor ----------------------
     # model field -> per grid point leaf values; validated once per axis value (and once for the
     # fixed values), so a bad value raises the model's ValueError naming the parameter
-    base_leaves = [np.asarray(x) for x in flat]
     fixed = {k: v for k, v in grid.items() if not _is_axis_value(v)}
     model_fixed = {k: v for k, v in fixed.items() if k in fields}
     for k, v in fixed.items():
@@ -496,10 +495,7 @@ def _plan(model, grid, seeds, steps, optimizer, record_every, tol, zip_axes, kee
     base_model = _replace(model, model_fixed, fields) if model_fixed else model
     base_leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(base_model)]
     dtype = jnp.result_type(float)
-    leaf_dtypes = [
-        np.dtype(dtype) if np.issubdtype(x.dtype, np.floating) or x.dtype == object else x.dtype
-        for x in base_leaves
-    ]
+    leaf_dtypes = [np.dtype(dtype) if x.dtype.kind == "f" else x.dtype for x in base_leaves]
     n_grid = int(np.prod(shape[:-1], dtype=np.int64))
     leaves = [
         np.broadcast_to(x.astype(t), (n_grid, *x.shape)).copy()
@@ -561,7 +557,14 @@ def _plan(model, grid, seeds, steps, optimizer, record_every, tol, zip_axes, kee
         "tol": tol,
         "keep_params": keep_params,
         "dtype": np.dtype(dtype).name,
-        "optimizer": _optimizer_fingerprint(optimizer, is_factory, hparams, model),
+        "optimizer": _cached(
+            _optimizer_fingerprint,
+            optimizer,
+            is_factory,
+            tuple(sorted(hparams)),
+            model,
+            _leaf_key(base_leaves),
+        ),
     }
     return _Plan(
         model=model,
@@ -634,13 +637,28 @@ def _rebuild_model(meta):
         return None
 
 
-def _optimizer_fingerprint(optimizer, is_factory, hparams, model) -> str:
+def _cached(fn, *args):
+    """fn(*args) through its lru_cache, or directly when an argument is unhashable."""
+    try:
+        hash(args)
+    except TypeError:
+        return fn.__wrapped__(*args)
+    return fn(*args)
+
+
+def _leaf_key(leaves) -> tuple:
+    return tuple((x.dtype.str, x.shape, x.tobytes()) for x in leaves)
+
+
+@functools.lru_cache(maxsize=256)
+def _optimizer_fingerprint(optimizer, is_factory, names, model, leaf_key) -> str:
     """A description of the optimizer and a hash of its update as a jaxpr (literals included),
-    stable across processes: equal for equal optimizers, different for different constants."""
+    stable across processes: equal for equal optimizers, different for different constants.
+    (Cached: `model` hashes by identity for dataclasses without eq, so `leaf_key` adds the
+    values it depends on.)"""
     desc = _describe(optimizer) if is_factory else "GradientTransformation"
     try:
         params = jax.eval_shape(model.init, jax.random.key(0))
-        names = sorted(hparams)
 
         def update(hp, grads):
             tx = optimizer(**dict(zip(names, hp, strict=True))) if is_factory else optimizer
@@ -709,19 +727,20 @@ def _chunk_body(st: _Static, leaves, hparams, seeds, tol, token):
     )
     fn = functools.partial(_group_body, st, tol if st.use_tol else None, token, n_groups)
     if n_groups == 1:
-        out = fn(jax.tree.map(lambda x: x[0], grouped))
+        out = fn((0, jax.tree.map(lambda x: x[0], grouped)))
         return jax.tree.map(lambda x: x.reshape((local,) + x.shape[1:]), out)
-    out = jax.lax.map(fn, grouped)
+    out = jax.lax.map(fn, (jnp.arange(n_groups), grouped))
     return jax.tree.map(lambda x: x.reshape((local,) + x.shape[2:]), out)
 
 
-def _group_body(st: _Static, tol, token, n_groups, args):
+def _group_body(st: _Static, tol, token, n_groups, indexed_args):
     """One group of runs, from their start to their final values (and history).
 
     A group of one run is traced without its run axis (a plain loop over one run's arrays,
     which compiles and runs fastest); larger groups are vmapped inside the loops, so that the
     loops and the progress reports stay at the level of the whole group.
     """
+    index, args = indexed_args
     single = st.group == 1
     if single:
         args = jax.tree.map(lambda x: x[0], args)
@@ -749,14 +768,18 @@ def _group_body(st: _Static, tol, token, n_groups, args):
         step = lambda lv, hp, c, a: loop_of(lv, hp, c.params)[1].step(c, a)  # noqa: E731
         return batched(step)(leaves, hparams, c, active)
 
-    # progress: about _REPORTS_PER_CHUNK reports per chunk, each the steps taken since the last,
-    # sent between segments of `every` steps (never a callback or a branch per step)
+    # progress: about _REPORTS_PER_CHUNK reports per chunk (a host callback costs ~0.2 ms),
+    # each the steps taken since the last, sent between segments of `every` steps (never a
+    # callback or a branch per step); with many short groups, only every `stride`-th group
+    # reports at its end, for itself and the groups before it (the host corrects the count
+    # when the chunk is done)
     every = -(-st.steps * n_groups // _REPORTS_PER_CHUNK)
+    stride = max(1, n_groups // _REPORTS_PER_CHUNK)
     count = jnp.result_type(int)
 
-    def tell(i, done):
+    def tell(i, done, times=1):
         now = jnp.sum(i.astype(count))
-        jax.debug.callback(_report, token, now - done)
+        jax.debug.callback(_report, token, (now - done) * times)
         return now
 
     def advance(c, stop, done):
@@ -825,7 +848,11 @@ def _group_body(st: _Static, tol, token, n_groups, args):
         last_row = {
             k: jnp.take_along_axis(v, last[..., None], axis=-1)[..., 0] for k, v in hist.items()
         }
-    tell(carry.i, done)
+    if stride == 1:
+        tell(carry.i, done)
+    else:
+        last = (index + 1) % stride == 0
+        jax.lax.cond(last, lambda i, d: tell(i, d, stride), lambda i, d: d, carry.i, done)
 
     def final(lv, hp, c, row):
         model, loop = loop_of(lv, hp, c.params)
@@ -866,18 +893,21 @@ def _compiled_chunk(st: _Static):
 def _bytes_per_run(plan: _Plan) -> int:
     """An estimate of the memory one run needs inside a chunk: its carry (parameters, optimizer
     state, gradient) about four times over (proposal, temporaries), plus history rows."""
-    model = plan.model
-    params = jax.eval_shape(model.init, jax.random.key(0))
-    if plan.is_factory:
-        tx = plan.optimizer(**{k: float(v[0]) for k, v in plan.hparams.items()})
-    else:
-        tx = plan.optimizer
-    state = jax.eval_shape(tx.init, params)
-    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, state)))
+    hp = {k: float(v[0]) for k, v in plan.hparams.items()}
+    hp = tuple(sorted(hp.items()))
+    nbytes = _cached(_carry_bytes, plan.model, plan.optimizer, plan.is_factory, hp)
     per = 4 * (2 * nbytes) + 64 * 8
     if plan.record_every is not None:
         per += (2 + plan.steps // plan.record_every) * 64 * 8
     return int(per)
+
+
+@functools.lru_cache(maxsize=256)
+def _carry_bytes(model, optimizer, is_factory, hp) -> int:
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    tx = optimizer(**dict(hp)) if is_factory else optimizer
+    state = jax.eval_shape(tx.init, params)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, state)))
 
 
 def _default_budget(device) -> int:
@@ -1065,8 +1095,8 @@ def sweep(
         run) to a multiple of the device count and trimmed. Default: what fits
         `memory_budget`, a multiple of the device count.
       memory_budget: bytes for one chunk on each device. Default: half the free memory of an
-        accelerator, a quarter of the free host memory on CPU (and at most 4096 runs per CPU
-        device, beyond which caches thrash).
+        accelerator, a quarter of the free host memory on CPU (and at most 1024 runs per CPU
+        device: a chunk is the unit of checkpointing, and larger ones gain nothing there).
       devices: the devices to shard the run axis over (a 1-D mesh). Default: ``jax.devices()``,
         every device of every process after ``jax.distributed.initialize()``.
       group_size: runs stepped together in one vmapped loop on each device; the groups of a
@@ -1144,9 +1174,9 @@ def sweep(
 
     bar = None
     lock = threading.Lock()
-    show = progress and jax.process_index() == 0
-    token = next(_TOKENS)
-    if show:
+    reported: dict[int, int] = {}  # token (one per chunk) -> run-steps reported from inside
+    tokens: list[int] = []
+    if progress and jax.process_index() == 0:
         from tqdm import tqdm
 
         bar = tqdm(
@@ -1157,48 +1187,74 @@ def sweep(
             dynamic_ncols=True,
             leave=True,
         )
-        scale = jax.process_count()
+
+    def sink_for(token):
+        scale = jax.process_count()  # reports come from this process's devices only
 
         def sink(delta):
             with lock:
+                reported[token] = reported.get(token, 0) + delta * scale
                 bar.update(delta * scale)
 
-        with _PROGRESS_LOCK:
-            _PROGRESS[token] = sink
-    token_arr = _to_global(np.asarray(token, np.int32), replicated)
+        return sink
+
+    def launch(k):
+        """Dispatch chunk k (asynchronously) or load it from the checkpoint."""
+        start, stop = k * chunk, min((k + 1) * chunk, R)
+        out = ckpt.load(k, start, stop) if ckpt is not None else None
+        if out is not None:
+            return k, start, stop, None, out, 0
+        token = next(_TOKENS)
+        tokens.append(token)
+        if bar is not None:
+            with _PROGRESS_LOCK:
+                _PROGRESS[token] = sink_for(token)
+        idx = np.minimum(np.arange(start, start + padded), R - 1)  # pad: repeat the last run
+        args = (
+            [_to_global(x[idx], run_sharding) for x in plan.leaves],
+            {n: _to_global(plan.hparams[n][idx], run_sharding) for n in st.hparam_names},
+            _to_global(plan.run_seeds[idx].astype(np.int32), run_sharding),
+            tol_arr,
+            _to_global(np.asarray(token, np.int32), replicated),
+        )
+        if "memory" not in memory:
+            key = (st, padded)
+            if key not in _CALL_MEMORY:
+                _CALL_MEMORY[key] = _call_memory(fn, args)
+            memory["memory"] = _CALL_MEMORY[key]
+        return k, start, stop, fn(*args), None, token
 
     parts: list[dict[str, np.ndarray]] = []
-    counted = resumed = 0
+    resumed = 0
+    pending = None
+    memory: dict[str, int | None] = {}
     try:
-        for k in range(n_chunks):
-            start, stop = k * chunk, min((k + 1) * chunk, R)
-            out = ckpt.load(k, start, stop) if ckpt is not None else None
-            resumed += out is not None
-            if out is None:
-                idx = np.minimum(np.arange(start, start + padded), R - 1)  # pad: repeat last run
-                args = (
-                    [_to_global(x[idx], run_sharding) for x in plan.leaves],
-                    {n: _to_global(plan.hparams[n][idx], run_sharding) for n in st.hparam_names},
-                    _to_global(plan.run_seeds[idx].astype(np.int32), run_sharding),
-                    tol_arr,
-                    token_arr,
-                )
-                res = _to_host(fn(*args))
-                out = _flatten_out(res, stop - start)
-                if ckpt is not None:
-                    ckpt.save(k, start, stop, out)
-            parts.append(out)
-            if bar is not None:
-                counted += (stop - start) * plan.steps
-                with lock:
-                    bar.n = counted
-                    bar.set_postfix_str(f"runs {stop}/{R}, chunk {k + 1}/{n_chunks}", refresh=False)
-                    bar.refresh()
-            if on_chunk is not None:
-                on_chunk(k + 1, n_chunks)
+        for k in range(n_chunks + 1):
+            # dispatch chunk k before collecting chunk k - 1: the host work of one chunk
+            # (transfer, checkpoint, progress) overlaps the computation of the next
+            current = launch(k) if k < n_chunks else None
+            if pending is not None:
+                j, start, stop, device_out, out, token = pending
+                if out is None:
+                    out = _flatten_out(_to_host(device_out), stop - start)
+                    if ckpt is not None:
+                        ckpt.save(j, start, stop, out)
+                else:
+                    resumed += 1
+                parts.append(out)
+                if bar is not None:
+                    with _PROGRESS_LOCK:
+                        _PROGRESS.pop(token, None)
+                    with lock:  # exact count: runs that stopped early, padding, other hosts
+                        bar.update((stop - start) * plan.steps - reported.pop(token, 0))
+                        bar.set_postfix_str(f"runs {stop}/{R}, chunk {j + 1}/{n_chunks}")
+                if on_chunk is not None:
+                    on_chunk(j + 1, n_chunks)
+            pending = current
     finally:
         with _PROGRESS_LOCK:
-            _PROGRESS.pop(token, None)
+            for token in tokens:
+                _PROGRESS.pop(token, None)
         if bar is not None:
             bar.close()
 
@@ -1233,6 +1289,7 @@ def sweep(
         "group_size": group,
         "chunks": n_chunks,
         "resumed_chunks": resumed,
+        "bytes_per_device_and_call": memory.get("memory"),
         "seconds": time.perf_counter() - t_start,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -1254,6 +1311,19 @@ def sweep(
         params=params,
         meta=meta,
     )
+
+
+_CALL_MEMORY: dict[Any, int | None] = {}  # (static configuration, call size) -> bytes
+
+
+def _call_memory(fn, args) -> int | None:
+    """Bytes one compiled call needs on a device (arguments, outputs, temporaries), as XLA
+    reports it; None where the backend does not say."""
+    try:
+        m = fn.lower(*args).compile().memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - a report, never a failure
+        return None
 
 
 def _flatten_out(res: dict, n: int) -> dict[str, np.ndarray]:
