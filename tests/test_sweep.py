@@ -117,7 +117,7 @@ def test_fixed_values_and_seed_lists():
 
 
 def test_changing_values_does_not_recompile(base):
-    """Other grid values, other model leaves, other seeds, progress on: no backend compilation."""
+    """Other grid values, other model leaves, other seeds: no backend compilation."""
     compiles = []
 
     def listener(name, secs, **kwargs):

@@ -698,6 +698,8 @@ class _Static:
     keep_params: bool
     group: int
     vmap_init: bool
+    progress: bool  # host callbacks make a CPU call synchronous: compiled in only when asked
+    split_metrics: bool  # final metrics in a second executable (no history kept)
     mesh: Mesh
 
 
@@ -773,7 +775,7 @@ def _group_body(st: _Static, tol, token, n_groups, indexed_args):
     # callback or a branch per step); with many short groups, only every `stride`-th group
     # reports at its end, for itself and the groups before it (the host corrects the count
     # when the chunk is done)
-    every = -(-st.steps * n_groups // _REPORTS_PER_CHUNK)
+    every = -(-st.steps * n_groups // _REPORTS_PER_CHUNK) if st.progress else st.steps
     stride = max(1, n_groups // _REPORTS_PER_CHUNK)
     count = jnp.result_type(int)
 
@@ -848,9 +850,9 @@ def _group_body(st: _Static, tol, token, n_groups, indexed_args):
         last_row = {
             k: jnp.take_along_axis(v, last[..., None], axis=-1)[..., 0] for k, v in hist.items()
         }
-    if stride == 1:
+    if st.progress and stride == 1:
         tell(carry.i, done)
-    else:
+    elif st.progress:
         last = (index + 1) % stride == 0
         jax.lax.cond(last, lambda i, d: tell(i, d, stride), lambda i, d: d, carry.i, done)
 
@@ -858,14 +860,14 @@ def _group_body(st: _Static, tol, token, n_groups, indexed_args):
         model, loop = loop_of(lv, hp, c.params)
         res = {"objective": c.value, "grad_norm": loop.stationarity(c), "steps_taken": c.i}
         res["status"] = c.status
-        if hasattr(model, "metrics"):
+        if hasattr(model, "metrics") and not st.split_metrics:
             metrics = model.metrics(c.params) if row is None else row
             keys = jax.eval_shape(model.metrics, c.params)
             res.update({f"metrics/{k}": metrics[k] for k in keys})
         return res
 
     out.update(batched(final)(leaves, hparams, carry, last_row))
-    if st.keep_params:
+    if st.keep_params or st.split_metrics:
         out["params"] = carry.params
     if single:
         out = jax.tree.map(lambda x: x[None], out)
@@ -885,6 +887,36 @@ def _compiled_chunk(st: _Static):
         check_vma=False,
     )
     return jax.jit(fn)
+
+
+def _metrics_body(st: _Static, leaves, params):
+    """Final ``model.metrics`` of one device's runs (one by one on CPU, vmapped otherwise)."""
+
+    def metrics(lv, p):
+        m = jax.tree_util.tree_unflatten(st.treedef, lv).metrics(p)
+        return {f"metrics/{k}": v for k, v in m.items()}
+
+    if st.vmap_init:  # accelerators: one batched kernel per op
+        return jax.vmap(metrics)(leaves, params)
+    return jax.lax.map(lambda a: metrics(*a), (leaves, params))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_metrics(st: _Static):
+    """The final metrics as their own executable: called right after the loop is dispatched,
+    it compiles while the loop runs (asynchronous dispatch), so a cold sweep pays for the larger
+    of the two rather than their sum; they run once per run, so on CPU they are compiled without
+    the expensive LLVM passes (half the compile time)."""
+    spec = P(_RUN_AXIS)
+    fn = jax.shard_map(
+        functools.partial(_metrics_body, st),
+        mesh=st.mesh,
+        in_specs=(spec, spec),
+        out_specs=spec,
+        check_vma=False,
+    )
+    cpu = st.mesh.devices.flat[0].platform == "cpu"
+    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0} if cpu else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1164,9 +1196,12 @@ def sweep(
         keep_params=plan.keep_params,
         group=group,
         vmap_init=not on_cpu,
+        progress=progress,
+        split_metrics=plan.record_every is None and hasattr(plan.model, "metrics"),
         mesh=mesh,
     )
     fn = _compiled_chunk(st)
+    metrics_fn = _compiled_metrics(st) if st.split_metrics else None
     run_sharding = NamedSharding(mesh, P(_RUN_AXIS))
     replicated = NamedSharding(mesh, P())
     dtype = jnp.result_type(float)
@@ -1222,7 +1257,12 @@ def sweep(
             if key not in _CALL_MEMORY:
                 _CALL_MEMORY[key] = _call_memory(fn, args)
             memory["memory"] = _CALL_MEMORY[key]
-        return k, start, stop, fn(*args), None, token
+        out = fn(*args)
+        if metrics_fn is not None:  # compiled (the first time) while the loop runs
+            out = dict(out)
+            params = out["params"] if plan.keep_params else out.pop("params")
+            out.update(metrics_fn(args[0], params))
+        return k, start, stop, out, None, token
 
     parts: list[dict[str, np.ndarray]] = []
     resumed = 0
