@@ -31,9 +31,10 @@ save(ufm.plot.demo_figure(hist, res.params.W), "demo.png")
 lams = np.geomspace(1e-3, 1, 7)
 sw = ufm.sweep(ufm.UFM(K=4, d=5, n=3), grid={"lam_W": lams, "lam_H": lams}, seeds=4, steps=300,
                progress=False)  # fmt: skip
-save(ufm.plot.phase_diagram(np.log(4) - np.median(sw.objective, -1), lams, lams, xlabel="lam_W",
-                            ylabel="lam_H", label="log K - f",
-                            boundary=lambda x: 1 / (4**2 * 3 * x)), "phase_diagram.png")  # fmt: skip
+fig = ufm.plot.phase_diagram(np.log(4) - np.median(sw.objective, -1), lams, lams, xlabel="lam_W",
+                             ylabel="lam_H", label="log K - f",
+                             boundary=lambda x: 1 / (4**2 * 3 * x))  # fmt: skip
+save(fig, "phase_diagram.png")
 
 # minority collapse in the layer-peeled model, with the exact threshold R_0
 K_A = K_B = 2
