@@ -40,6 +40,7 @@ def main() -> int:
     p.add_argument("--chunk-size", type=int, default=None, help="default: ufm's own choice")
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--peer-steps", type=int, default=20, help="vmap peer timed over this many")
+    p.add_argument("--peer-max-runs", type=int, default=4096, help="no vmap peer beyond")
     p.add_argument("--host-devices", type=int, default=None, help="CPU devices (cores) to use")
     here = os.path.dirname(os.path.abspath(__file__))
     p.add_argument("--out", default=os.path.join(here, "results", "b3.json"))
@@ -81,17 +82,18 @@ def main() -> int:
             "chunks": sw.meta["chunks"],
             "mb_per_device_and_call": None if mem is None else mem / 2**20,
         }
-        if use_peer:
+        if use_peer and runs <= args.peer_max_runs:
             _peer.vmap_sweep(K, D, N_PER, lam_Ws, range(seeds), LAM, LAM, LR, 2)  # warm-up
             t, _ = _peer.vmap_sweep(K, D, N_PER, lam_Ws, range(seeds), LAM, LAM, LR,
                                     args.peer_steps)  # fmt: skip
             point["peer_vmap_run_steps_per_s"] = runs * args.peer_steps / t
+        if use_peer:
             point["peer_eager_run_steps_per_s"] = eager_rate
         points.append(point)
         mb = point["mb_per_device_and_call"] or 0
         row = [runs, f"{rate:,.0f}", f"{point['gflops']:.1f}", f"{point['chunk_size']}",
                f"{point['chunks']}", f"{mb:.1f}", f"{cold:.2f}"]  # fmt: skip
-        if use_peer:
+        if "peer_vmap_run_steps_per_s" in point:
             vr = point["peer_vmap_run_steps_per_s"]
             row += [
                 f"{vr:,.0f}",
@@ -99,6 +101,8 @@ def main() -> int:
                 f"{rate / vr:.1f}",
                 f"{rate / eager_rate:.1f}",
             ]
+        elif use_peer:
+            row += ["", f"{eager_rate:,.0f}", "", f"{rate / eager_rate:.1f}"]
         rows.append(row)
         print(f"  runs={runs}: {rate:,.0f} run-steps/s", flush=True)
 
@@ -124,15 +128,16 @@ def plot(points, path, steps):
     runs = [p["runs"] for p in points]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
     ax.loglog(runs, [p["run_steps_per_s"] for p in points], "o-", label="ufm.sweep (warm)")
-    if "peer_vmap_run_steps_per_s" in points[0]:
-        ax.loglog(runs, [p["peer_vmap_run_steps_per_s"] for p in points], "s--",
+    peer = [p for p in points if "peer_vmap_run_steps_per_s" in p]
+    if peer:
+        ax.loglog([p["runs"] for p in peer], [p["peer_vmap_run_steps_per_s"] for p in peer], "s--",
                   label="torch.func.vmap")  # fmt: skip
-        ax.loglog(runs, [p["peer_eager_run_steps_per_s"] for p in points], ":",
+        ax.loglog(runs, [peer[0]["peer_eager_run_steps_per_s"]] * len(runs), ":",
                   label="torch eager loop")  # fmt: skip
     ax.set(xlabel="runs", ylabel="run-steps per second", title=f"B3: throughput ({steps} steps)")
     ax.legend()
     mb = [p["mb_per_device_and_call"] or 0 for p in points]
-    bx.semilogx(runs, mb, "o-")
+    bx.loglog(runs, mb, "o-")
     bx.set(xlabel="runs", ylabel="MB per device and call (XLA)", title="memory of one chunk")
     for p, m in zip(points, mb, strict=True):
         bx.annotate(f"chunk {p['chunk_size']}", (p["runs"], m), fontsize=7)
