@@ -7,9 +7,11 @@ progress, and saved in an open format.
     sw.objective.shape == (2, 8)        # grid axes in order, then seed
 
 How it is fast: a model is a pytree whose numeric hyperparameters are leaves (DESIGN.md, "The one
-idea that makes it fast"), so one compiled function serves every grid point; the runs of a chunk
-are batched with `vmap` inside one loop over optimizer steps, the run axis is split over devices
-with a 1-D mesh, and changing only values never recompiles.
+idea that makes it fast"), so one compiled function serves every grid point and changing only
+values never recompiles. The run axis of a chunk is split over devices with a 1-D mesh; on each
+device the runs go through one loop over optimizer steps, vmapped over all of them on an
+accelerator, one run after another on CPU (where a run's arrays stay in cache and unbatched
+matrix products are fastest), with the UFM's hand-derived gradient (`ufm.models._fused`).
 """
 
 from __future__ import annotations
