@@ -56,3 +56,52 @@ le = dynamics.le_sweep(cfg, jax.random.key(0), alpha=0.2 + gaps, beta=jnp.full(3
 results = {f"alpha-beta={float(g):+.1f}": {k: np.asarray(v)[i] for k, v in le.history.items()}
            for i, g in enumerate(gaps)}  # fmt: skip
 save(ufm.plot.le_separation(results), "le_phase_transition.png")
+
+# K > d+1 on the sphere: K = 6 classes in d = 2 land on the regular hexagon (best of 3 starts)
+import matplotlib.pyplot as plt  # noqa: E402
+
+sph = ufm.NormalizedUFM(K=6, d=2, n=3, tau=0.5)
+best = min((ufm.solve(sph, jax.random.key(s), steps=500) for s in range(3)),
+           key=lambda r: float(r.objective))  # fmt: skip
+fig = ufm.plot.feature_geometry(best.params.H, sph.labels, W=best.params.W, dim=2)
+fig.axes[0].set_title(f"K=6, d=2: f = {float(best.objective):.6f}, "
+                      f"hexagon {ufm.optimum(sph).value:.6f}")  # fmt: skip
+save(fig, "k_gon.png")
+
+# label smoothing: the optimal margin against alpha, theory vs solve; zero solution at Kc+alpha=1
+from ufm.theory.regularized import ls_margin  # noqa: E402
+
+K, n, lam = 5, 4, 5e-3
+c = np.sqrt(n) * lam
+alphas = np.linspace(0.0, 1.0, 11)
+ls = ufm.UFM(K=K, d=K, n=n, loss="ls", lam_W=lam, lam_H=lam, lam_b=lam, alpha=0.1)
+sw_ls = ufm.sweep(ls, grid={"alpha": alphas}, seeds=1, steps=500, keep_params=True,
+                  progress=False)  # fmt: skip
+Z = np.einsum("akd,adn->ank", np.asarray(sw_ls.params.W[:, 0]), np.asarray(sw_ls.params.H[:, 0]))
+y = np.asarray(ls.labels)
+true = Z[:, np.arange(len(y)), y]
+other = (Z.sum(-1) - true) / (K - 1)
+fig, ax = plt.subplots(figsize=(5, 3.6))
+fine = np.linspace(0, 1, 200)
+ax.plot(fine, [ls_margin(K, c, a) for a in fine], "-", label="theory s*(alpha)")
+ax.plot(alphas, (true - other).mean(1), "o", fillstyle="none", label="sweep (mean margin)")
+ax.axvline(1 - K * c, color="k", ls=":", label="Kc + alpha = 1")
+ax.set(xlabel="alpha (label smoothing)", ylabel="margin", title="LS: CE with Kc -> Kc + alpha")
+ax.legend()
+save(fig, "label_smoothing.png")
+
+# label noise: memorisation and dilation against the memorisation cost lam_M
+lam_Ms = [1e-2, 3e-2, 1e-1, 3e-1, 1.0]
+mem, dil = [], []
+for lam_M in lam_Ms:
+    noisy = ufm.NoisyUFM.with_rate(K=4, d=6, n=10, rate=0.2, key=jax.random.key(1), lam_M=lam_M,
+                                   lam_W=5e-3, lam_H=5e-3)  # fmt: skip
+    rep = ufm.label_noise.memorization_report(noisy, ufm.solve(noisy, jax.random.key(0)).params)
+    mem.append(float(rep["mean_memorization"]))
+    dil.append(float(rep["dilation"]))
+fig, ax = plt.subplots(figsize=(5, 3.6))
+ax.semilogx(lam_Ms, mem, "o-", label="mean memorisation (1 = at the label's mean)")
+ax.semilogx(lam_Ms, dil, "s--", label="dilation of the true classes")
+ax.set(xlabel="lam_M (cost of memorising)", title="label noise, 20% flipped")
+ax.legend()
+save(fig, "label_noise.png")
