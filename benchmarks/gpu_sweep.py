@@ -19,30 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
-from _common import environment, markdown, timed, write_json  # noqa: E402
+from _common import environment, jax_matmul_gflops, markdown, timed, write_json  # noqa: E402
 
 import ufm  # noqa: E402
 
 K, D, N_PER, LAM, LR = 10, 64, 50, 5e-4, 0.5
-
-
-def matmul_peak_gflops(size: int = 8192, repeats: int = 5) -> float:
-    """float32 matmul rate of the default device at HIGHEST precision (best of `repeats`)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    f = jax.jit(lambda a: jnp.matmul(a, a, precision=jax.lax.Precision.HIGHEST))
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * size**3 / best / 1e9
 
 
 def peak_device_bytes() -> int | None:
@@ -60,7 +45,7 @@ def main() -> int:
     args = p.parse_args()
     env = environment()
     device = jax.devices()[0]
-    peak = matmul_peak_gflops(args.matmul_size)
+    peak = jax_matmul_gflops(args.matmul_size, precision=jax.lax.Precision.HIGHEST)
     model = ufm.UFM(K=K, d=D, n=N_PER, loss="ce", lam_W=LAM, lam_H=LAM, lam_b=LAM)
     flops_per_run_step = 6 * K * D * K * N_PER
     counts = sorted({*(4**k for k in range(10) if 4**k <= args.max_runs), args.max_runs})

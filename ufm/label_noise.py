@@ -45,7 +45,7 @@ from ufm.models._base import (
     frobenius_sq,
     register_model,
 )
-from ufm.models.ufm import Params
+from ufm.models.ufm import UFM, Params
 from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
 
 __all__ = [
@@ -168,16 +168,8 @@ class NoisyUFM(ClassLayout):
         return jax.nn.one_hot(self.noisy_labels, self.K)
 
     # --- parameters and objective ---------------------------------------------------------------
-    def init(self, key: Array, scale: float | None = None, dtype=None) -> Params:
-        scale = 1.0 / np.sqrt(self.d) if scale is None else scale
-        kW, kH = jax.random.split(key)
-        W = scale * jax.random.normal(kW, (self.K, self.d), dtype)
-        H = scale * jax.random.normal(kH, (self.d, self.N), dtype)
-        return Params(W, H, jnp.zeros((self.K,), W.dtype) if self.bias else None)
-
-    def logits(self, params: Params) -> Array:
-        Z = params.H.T @ params.W.T
-        return Z if params.b is None else Z + params.b[None, :]
+    init = UFM.init  # the same Gaussian start and logits W h_i + b as the UFM
+    logits = UFM.logits
 
     def data_loss(self, params: Params) -> Array:
         return cross_entropy(self.logits(params), self.targets.astype(params.W.dtype))

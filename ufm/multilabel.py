@@ -33,7 +33,7 @@ from jax import Array
 from ufm.geometry import orthonormal_basis
 from ufm.losses import cross_entropy
 from ufm.models._base import check_int, check_real, frobenius_sq, register_model
-from ufm.models.ufm import Params
+from ufm.models.ufm import UFM, Params
 from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
 
 __all__ = [
@@ -140,17 +140,8 @@ class MultiLabelUFM:
         return jnp.asarray(self.set_targets[self.set_index])
 
     # --- parameters and objective ---------------------------------------------------------------
-    def init(self, key: Array, scale: float | None = None, dtype=None) -> Params:
-        """Gaussian start: entries N(0, scale^2), scale = 1/sqrt(d) by default; b = 0."""
-        scale = 1.0 / np.sqrt(self.d) if scale is None else scale
-        kW, kH = jax.random.split(key)
-        W = scale * jax.random.normal(kW, (self.K, self.d), dtype)
-        H = scale * jax.random.normal(kH, (self.d, self.N), dtype)
-        return Params(W, H, jnp.zeros((self.K,), W.dtype) if self.bias else None)
-
-    def logits(self, params: Params) -> Array:
-        Z = params.H.T @ params.W.T
-        return Z if params.b is None else Z + params.b[None, :]
+    init = UFM.init  # the same Gaussian start and logits W h_i + b as the UFM
+    logits = UFM.logits
 
     def data_loss(self, params: Params) -> Array:
         """Pick-all-label CE: (1/N) sum_i sum_{k in S_i} -log softmax(z_i)_k."""
