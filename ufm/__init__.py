@@ -3,13 +3,29 @@
 from ufm import dynamics, generalized, geometry, imbalance, label_noise, losses, multilabel, plot
 from ufm.label_noise import NoisyUFM
 from ufm.metrics import nc_metrics
-from ufm.models import UFM, DeepParams, ExtendedUFM, LayerPeeled, NormalizedUFM, Params
+from ufm.models import (
+    UFM,
+    ClassLayout,
+    DeepParams,
+    ExtendedUFM,
+    LayerPeeled,
+    Model,
+    NormalizedUFM,
+    Params,
+    leaf,
+    static,
+)
 from ufm.multilabel import MultiLabelUFM
 from ufm.solve import Result, solve
 from ufm.sweep import Sweep, load_sweep, sweep
 from ufm.theory import CheckReport, NoClosedForm, Optimum, check, optimum
 
 __all__ = [
+    # the model protocol
+    "Model",
+    "leaf",
+    "static",
+    "ClassLayout",
     # models
     "UFM",
     "LayerPeeled",

@@ -30,11 +30,15 @@ from jax.scipy.special import expi
 
 from ufm import geometry
 from ufm.models._base import (
+    Model,
     check_choice,
     check_int,
     check_real,
+    choice_check,
     frobenius_sq,
-    register_model,
+    int_check,
+    leaf,
+    static,
 )
 from ufm.models.ufm import Params
 
@@ -73,9 +77,7 @@ METHODS = ("euler", "rk4")
 # ================================================================================================
 
 
-@register_model(leaves=("alpha", "beta", "sigma", "r", "t0"))
-@dataclasses.dataclass(frozen=True)
-class LESDE:
+class LESDE(Model):
     """The locally elastic SDE of Zhang, Wang & Su (2021), DYNAMICS.md A.3.
 
     Impacts are power laws alpha(t) = alpha (t + t0)^(-r), beta(t) = beta (t + t0)^(-r) (constant
@@ -95,33 +97,24 @@ class LESDE:
         global mode outgrows the noise by 1e16). Default: True for "I"; must be False otherwise.
     """
 
-    K: int = 3
-    n: int = 50
+    K: int = static(default=3, check=int_check(2))
+    n: int = static(default=50, check=int_check(1))
     p: int | None = None
-    surrogate: str = "I"
-    alpha: float = 0.5
-    beta: float = 0.2
-    sigma: float = 1.0
-    r: float = 0.0
-    t0: float = 1.0
+    surrogate: str = static(default="I", check=choice_check(SURROGATES))
+    alpha: float = leaf(default=0.5)
+    beta: float = leaf(default=0.2)
+    sigma: float = leaf(default=1.0, lower=0.0)
+    r: float = leaf(default=0.0, lower=0.0)
+    t0: float = leaf(default=1.0, lower=0.0, strict=True)
     center: bool | None = None
 
-    def __post_init__(self):
-        K = check_int("K", self.K, 2)
-        check_int("n", self.n, 1)
-        p = K if self.p is None else check_int("p", self.p, 1)
-        object.__setattr__(self, "p", p)
-        check_choice("surrogate", self.surrogate, SURROGATES)
-        if self.surrogate != "I" and p != K:
+    def __check__(self):
+        p = self.K if self.p is None else check_int("p", self.p, 1)
+        if self.surrogate != "I" and p != self.K:
             raise ValueError(
-                f"p must equal K={K} for surrogate={self.surrogate!r} (features are logits), "
+                f"p must equal K={self.K} for surrogate={self.surrogate!r} (features are logits), "
                 f"got p={p}"
             )
-        for name in ("alpha", "beta"):
-            object.__setattr__(self, name, check_real(name, getattr(self, name), -np.inf))
-        object.__setattr__(self, "sigma", check_real("sigma", self.sigma))
-        object.__setattr__(self, "r", check_real("r", self.r))
-        object.__setattr__(self, "t0", check_real("t0", self.t0, strict=True))
         center = self.surrogate == "I" if self.center is None else self.center
         if not isinstance(center, bool):
             raise ValueError(f"center must be True, False or None, got center={self.center!r}")
@@ -130,7 +123,7 @@ class LESDE:
                 f"center must be False for surrogate={self.surrogate!r}: centring is exact only "
                 f"for the 'I' surrogate, got center={self.center!r}"
             )
-        object.__setattr__(self, "center", center)
+        return {"p": p, "center": center}
 
 
 class SDEResult(NamedTuple):

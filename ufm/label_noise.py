@@ -27,7 +27,6 @@ labelled j, and Z Lam Z^T is a multiple of P. The value is a convex problem in (
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -39,11 +38,13 @@ from jax import Array
 from ufm.losses import cross_entropy
 from ufm.models._base import (
     ClassLayout,
+    bool_check,
     check_int,
     check_real,
     class_counts,
     frobenius_sq,
-    register_model,
+    leaf,
+    static,
 )
 from ufm.models.ufm import UFM, Params
 from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
@@ -98,8 +99,6 @@ def symmetric_noise(K: int, n_clean: int, r: int) -> tuple[int, tuple[int, ...]]
     return n_clean + (K - 1) * r, tuple(noisy)
 
 
-@register_model(leaves=("lam_W", "lam_H", "lam_M", "lam_b"))
-@dataclasses.dataclass(frozen=True)
 class NoisyUFM(ClassLayout):
     """Regularised CE-UFM trained on noisy labels, with a memorisation cost lam_M (module
     docstring).
@@ -115,33 +114,22 @@ class NoisyUFM(ClassLayout):
       bias: whether the model has a bias b.
     """
 
-    K: int
-    d: int
-    n: int | tuple[int, ...] = 1
     noisy: tuple[int, ...] = ()
-    lam_W: float = 5e-4  # noqa: N815 (as in ufm.UFM)
-    lam_H: float = 5e-4  # noqa: N815
-    lam_M: float = 5e-4  # noqa: N815
-    lam_b: float = 5e-4
-    bias: bool = True
+    lam_W: float = leaf(default=5e-4, lower=0.0)  # noqa: N815 (as in ufm.UFM)
+    lam_H: float = leaf(default=5e-4, lower=0.0)  # noqa: N815
+    lam_M: float = leaf(default=5e-4, lower=0.0, strict=True)  # noqa: N815
+    lam_b: float = leaf(default=5e-4, lower=0.0)
+    bias: bool = static(default=True, check=bool_check)
 
-    def __post_init__(self):
-        K = check_int("K", self.K, 2)
-        object.__setattr__(self, "d", check_int("d", self.d, 1))
-        counts = class_counts(self.n, K)
-        object.__setattr__(self, "n", counts[0] if len(set(counts)) == 1 else counts)
+    def __check__(self):
+        changes = super().__check__() or {}
         noisy = tuple(int(c) for c in self.noisy)
-        if len(noisy) != sum(counts) or any(c < 0 or c >= K for c in noisy):
+        N = sum(self.counts)
+        if len(noisy) != N or any(c < 0 or c >= self.K for c in noisy):
             raise ValueError(
-                f"noisy must hold one label in [0, K) per sample (N={sum(counts)}), "
-                f"got {len(noisy)} labels"
+                f"noisy must hold one label in [0, K) per sample (N={N}), got {len(noisy)} labels"
             )
-        object.__setattr__(self, "noisy", noisy)
-        for name in ("lam_W", "lam_H", "lam_b"):
-            object.__setattr__(self, name, check_real(name, getattr(self, name)))
-        object.__setattr__(self, "lam_M", check_real("lam_M", self.lam_M, strict=True))
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be True or False, got bias={self.bias!r}")
+        return {**changes, "noisy": noisy}
 
     @classmethod
     def with_rate(cls, K: int, d: int, n, rate: float, key: Array, **kw) -> NoisyUFM:

@@ -20,7 +20,6 @@ means of its members.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -32,7 +31,16 @@ from jax import Array
 
 from ufm.geometry import orthonormal_basis
 from ufm.losses import cross_entropy
-from ufm.models._base import check_int, check_real, frobenius_sq, register_model
+from ufm.models._base import (
+    Model,
+    bool_check,
+    check_int,
+    counts_check,
+    frobenius_sq,
+    int_check,
+    leaf,
+    static,
+)
 from ufm.models.ufm import UFM, Params
 from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
 
@@ -57,9 +65,7 @@ def all_label_sets(K: int, multiplicities: Sequence[int] = (1, 2)) -> tuple[tupl
     return tuple(out)
 
 
-@register_model(leaves=("lam_W", "lam_H", "lam_b"))
-@dataclasses.dataclass(frozen=True)
-class MultiLabelUFM:
+class MultiLabelUFM(Model):
     """Regularised UFM with label sets and the pick-all-label CE (see the module docstring).
 
     Args:
@@ -73,22 +79,20 @@ class MultiLabelUFM:
     The columns of H are ordered set by set: n_1 samples of label_sets[0], then label_sets[1], ...
     """
 
-    K: int
-    d: int
+    K: int = static(check=int_check(2))
+    d: int = static(check=int_check(1))
     label_sets: tuple[tuple[int, ...], ...] = ()
-    n: int | tuple[int, ...] = 1
-    lam_W: float = 5e-4  # noqa: N815 (the paper's name, as in ufm.UFM)
-    lam_H: float = 5e-4  # noqa: N815
-    lam_b: float = 5e-4
-    bias: bool = True
+    n: int | tuple[int, ...] = static(default=1, check=counts_check)
+    lam_W: float = leaf(default=5e-4, lower=0.0)  # noqa: N815 (the paper's name, as in ufm.UFM)
+    lam_H: float = leaf(default=5e-4, lower=0.0)  # noqa: N815
+    lam_b: float = leaf(default=5e-4, lower=0.0)
+    bias: bool = static(default=True, check=bool_check)
 
-    def __post_init__(self):
-        K = check_int("K", self.K, 2)
-        object.__setattr__(self, "d", check_int("d", self.d, 1))
+    def __check__(self):
         sets = []
         for S in self.label_sets:
             S = tuple(sorted(int(k) for k in S))
-            if not S or len(set(S)) != len(S) or S[0] < 0 or S[-1] >= K:
+            if not S or len(set(S)) != len(S) or S[0] < 0 or S[-1] >= self.K:
                 raise ValueError(
                     "label_sets must hold non-empty sets of distinct classes in [0, K), "
                     f"got {tuple(self.label_sets)!r}"
@@ -96,20 +100,14 @@ class MultiLabelUFM:
             sets.append(S)
         if not sets or len(set(sets)) != len(sets):
             raise ValueError(f"label_sets must be non-empty and distinct, got {self.label_sets!r}")
-        object.__setattr__(self, "label_sets", tuple(sets))
-        if isinstance(self.n, (int, np.integer)) and not isinstance(self.n, bool):
-            object.__setattr__(self, "n", check_int("n", self.n, 1))
-        else:
-            counts = tuple(check_int("n", c, 1) for c in self.n)
-            if len(counts) != len(sets):
+        n = self.n
+        if isinstance(n, tuple):
+            if len(n) != len(sets):
                 raise ValueError(
-                    f"n must have one count per label set ({len(sets)}), got len(n)={len(counts)}"
+                    f"n must have one count per label set ({len(sets)}), got len(n)={len(n)}"
                 )
-            object.__setattr__(self, "n", counts[0] if len(set(counts)) == 1 else counts)
-        for name in ("lam_W", "lam_H", "lam_b"):
-            object.__setattr__(self, name, check_real(name, getattr(self, name)))
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be True or False, got bias={self.bias!r}")
+            n = n[0] if len(set(n)) == 1 else n
+        return {"label_sets": tuple(sets), "n": n}
 
     # --- structure (static) -------------------------------------------------------------------
     @property

@@ -1,49 +1,185 @@
-"""What every ufm model shares: pytree registration (hyperparameters are leaves, structure is
-static) and plain-Python validation of constructor arguments, run before anything is traced."""
+"""The public model protocol: subclass `Model`, mark hyperparameters with `leaf`, and ufm can
+solve, sweep, checkpoint and check the objective.
+
+A model is a frozen dataclass and a JAX pytree. Its fields are of two kinds:
+
+- **leaves** (``lam: float = ufm.leaf(default=1e-3)``): numeric hyperparameters. They are the
+  pytree's children, so one compiled function serves every value, `jax.vmap` batches them and
+  `ufm.sweep` varies them without recompiling;
+- **static** fields (every other field, optionally ``ufm.static(check=...)``): structure that
+  changes shapes or code (K, d, n, the loss, the depth). They are the pytree's aux data, hashed
+  into the compilation cache.
+
+Checks run once, in plain Python, when a user builds a model: each field's ``check(name, value)``
+(which may also normalise the value, e.g. a list of equal counts to an int), then the class hook
+``__check__(self)``, which may validate across fields and return a mapping of normalised field
+values. JAX rebuilds models from leaves without calling ``__init__``, so no check ever sees a
+tracer from a compiled function; a leaf check must still accept tracers and batched arrays (the
+built-in ones skip tracers and check arrays elementwise).
+
+The protocol (what ufm calls; only ``init`` and ``objective`` are required):
+
+    init(key) -> params                      a starting point (any pytree of arrays)
+    objective(params) -> scalar              the function to minimise
+    metrics(params) -> dict[str, scalar]     recorded by solve/sweep (default: none); keys of
+                                             `ufm.nc_metrics` must mean what they mean there
+    project(params) -> params                for constrained models: the Euclidean projection
+                                             or retraction applied after every update
+    value_and_grad(params) -> (f, grad)      a hand-derived gradient (default: autodiff)
+    default_optimizer() -> optax transform   the optimizer `solve` uses when given none
+
+A minimal model::
+
+    class Ridge(ufm.Model):
+        K: int
+        d: int
+        lam: float = ufm.leaf(default=1e-3, lower=0.0)
+
+        def init(self, key):
+            return jax.random.normal(key, (self.K, self.d))
+
+        def objective(self, W):
+            return 0.5 * jnp.sum((W - 1.0) ** 2) + 0.5 * self.lam * jnp.sum(W**2)
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["Model", "leaf", "static", "ClassLayout"]
 
-def register_model(leaves: Sequence[str]):
-    """Class decorator: register a frozen dataclass as a pytree.
+_LEAF = "ufm.leaf"
+_CHECK = "ufm.check"
+_MISSING = dataclasses.MISSING
 
-    Fields named in `leaves` are pytree leaves (numeric hyperparameters, so that one compiled
-    function serves every value and `vmap` can batch them); all other fields are static aux data
-    (shapes and code choices). Unflattening bypasses ``__init__``, so validation in
-    ``__post_init__`` runs only when a user builds a model, never on tracers.
+
+def leaf(
+    default: Any = _MISSING,
+    *,
+    lower: float | None = None,
+    upper: float | None = None,
+    strict: bool = False,
+    check: Callable[[str, Any], Any] | None = None,
+) -> Any:
+    """A hyperparameter field: a pytree leaf (vmappable, swept without recompiling).
+
+    Args:
+      default: the default value (omit for a required field).
+      lower, upper: bounds checked elementwise on construction (``strict`` makes them open).
+        Without bounds a leaf must still be a finite real.
+      check: a custom ``check(name, value) -> value`` instead of the bounds; it must pass
+        tracers through unchanged.
+    """
+    if check is None:
+        check = real_check(lower, upper, strict)
+    return dataclasses.field(default=default, metadata={_LEAF: True, _CHECK: check})
+
+
+def static(default: Any = _MISSING, *, check: Callable[[str, Any], Any] | None = None) -> Any:
+    """A structural field (static pytree aux data) with an optional ``check(name, value) ->
+    value``; plain fields without `static` are static too, unchecked."""
+    return dataclasses.field(default=default, metadata={_CHECK: check} if check else {})
+
+
+class Model:
+    """Base class of every ufm model: subclasses become frozen dataclasses and pytrees whose
+    `leaf` fields are the children and whose other fields are static (see the module docstring
+    for the protocol). Define ``__check__`` for validation across fields, not ``__post_init__``.
     """
 
-    def wrap(cls):
+    _leaves: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__post_init__" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: define __check__ instead of __post_init__")
+        dataclasses.dataclass(frozen=True)(cls)
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = set(leaves) - set(names)
-        if unknown:
-            raise TypeError(f"{cls.__name__}: leaves {sorted(unknown)} are not fields")
-        meta = [k for k in names if k not in leaves]
+        leaves = tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(_LEAF))
+        statics = tuple(k for k in names if k not in leaves)
+        cls._leaves = leaves
 
         def flatten_with_keys(m):
             children = [(jax.tree_util.GetAttrKey(k), getattr(m, k)) for k in leaves]
-            return children, tuple(getattr(m, k) for k in meta)
+            return children, tuple(getattr(m, k) for k in statics)
 
         def unflatten(aux, children):
             m = object.__new__(cls)
-            for k, v in zip(meta, aux, strict=True):
-                object.__setattr__(m, k, v)
-            for k, v in zip(leaves, children, strict=True):
+            for k, v in zip(statics + leaves, tuple(aux) + tuple(children), strict=True):
                 object.__setattr__(m, k, v)
             return m
 
         jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten)
-        cls._leaves = tuple(leaves)
-        return cls
 
-    return wrap
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            check = f.metadata.get(_CHECK)
+            if check is not None:
+                object.__setattr__(self, f.name, check(f.name, getattr(self, f.name)))
+        for name, value in (self.__check__() or {}).items():
+            object.__setattr__(self, name, value)
+
+    def __check__(self) -> Mapping[str, Any] | None:
+        """Validation across fields, run on construction after the field checks; may return
+        normalised values of fields. Default: nothing to check."""
+        return None
+
+    def replace(self, **changes) -> Model:
+        """A copy with some fields changed (and checked again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def real_check(lower: float | None = None, upper: float | None = None, strict: bool = False):
+    """A field check: finite reals within [lower, upper] (open with ``strict``), elementwise."""
+
+    def check(name: str, value):
+        value = check_real(name, value, -np.inf if lower is None else lower, strict)
+        if upper is not None and is_concrete(value):
+            arr = np.asarray(value, dtype=float)
+            if np.any(arr >= upper if strict else arr > upper):
+                op = "<" if strict else "<="
+                raise ValueError(f"{name} must be {op} {upper}, got {name}={value!r}")
+        return value
+
+    return check
+
+
+def int_check(minimum: int):
+    """A field check: an integer >= minimum."""
+    return lambda name, value: check_int(name, value, minimum)
+
+
+def choice_check(allowed: Sequence[str]):
+    """A field check: one of the allowed strings."""
+    return lambda name, value: check_choice(name, value, allowed)
+
+
+def bool_check(name: str, value) -> bool:
+    """A field check: True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {name}={value!r}")
+    return value
+
+
+def counts_check(name: str, value):
+    """A field check for per-class counts: an int >= 1, or a sequence of ints >= 1 (normalised to
+    an int when all are equal, else to a tuple). Its length is checked against K by the model."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return check_int(name, value, 1)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray):
+        raise ValueError(f"{name} must be an int or a sequence of ints, got {name}={value!r}")
+    counts = tuple(value)
+    if not counts or any(
+        isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1 for c in counts
+    ):
+        raise ValueError(f"{name} must hold integers >= 1, one per class, got {name}={value!r}")
+    return tuple(int(c) for c in counts)
 
 
 def is_concrete(x) -> bool:
@@ -103,13 +239,24 @@ def frobenius_sq(x) -> jax.Array:
     return (x * x).sum()
 
 
-def is_balanced(counts: tuple[int, ...]) -> bool:
-    return len(set(counts)) == 1
+class ClassLayout(Model):
+    """Base of the models with K classes in d dimensions and ``n`` samples per class: an int
+    (balanced) or per-class counts (a tuple; normalised to an int when all are equal). The
+    columns of H are ordered class by class."""
 
+    K: int = static(check=int_check(2))
+    d: int = static(check=int_check(1))
+    n: int | tuple[int, ...] = static(default=1, check=counts_check)
 
-class ClassLayout:
-    """Mixin for models with K classes of ``n`` samples each (an int) or per-class counts (a
-    tuple): the columns of H are ordered class by class."""
+    def __check__(self):
+        if isinstance(self.n, tuple):
+            if len(self.n) != self.K:
+                raise ValueError(
+                    f"n must have length K={self.K} when a sequence, got len(n)={len(self.n)}"
+                )
+            if len(set(self.n)) == 1:
+                return {"n": self.n[0]}
+        return None
 
     @property
     def counts(self) -> tuple[int, ...]:

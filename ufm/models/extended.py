@@ -11,7 +11,6 @@ width is d: W_l in R^{d x d} for l < L and W_L in R^{K x d}.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -25,13 +24,14 @@ from ufm.losses import LOSSES
 from ufm.metrics import nc_metrics
 from ufm.models._base import (
     ClassLayout,
-    check_choice,
-    check_int,
+    bool_check,
     check_real,
-    class_counts,
+    choice_check,
     frobenius_sq,
+    int_check,
     is_concrete,
-    register_model,
+    leaf,
+    static,
 )
 
 __all__ = ["DeepParams", "ExtendedUFM", "ACTIVATIONS"]
@@ -93,8 +93,6 @@ def _layer_gram_gaps(H: Array, Y: Array) -> tuple[Array, Array]:
     return gap(Mbar, etf_gram(K, H.dtype)), gap(M, of_gram(K, H.dtype))
 
 
-@register_model(leaves=("lam_H", "lam_Ws", "lam_b"))
-@dataclasses.dataclass(frozen=True)
 class ExtendedUFM(ClassLayout):
     """Extended / deep UFM: free features through depth-1 further layers, then the classifier.
 
@@ -114,30 +112,16 @@ class ExtendedUFM(ClassLayout):
     lam_H, lam_Ws (each entry) and lam_b are pytree leaves (vmappable, never recompile).
     """
 
-    K: int
-    d: int
-    n: int | tuple[int, ...] = 1
-    depth: int = 2
-    activation: str = "linear"
-    loss: str = "mse"
-    lam_H: float = 5e-4  # noqa: N815 (the papers' names, as in ufm.UFM)
-    lam_Ws: float | tuple[float, ...] = 5e-4  # noqa: N815
-    lam_b: float = 0.0
-    bias: bool = False
+    depth: int = static(default=2, check=int_check(1))
+    activation: str = static(default="linear", check=choice_check(ACTIVATIONS))
+    loss: str = static(default="mse", check=choice_check(LOSSES))
+    lam_H: float = leaf(default=5e-4, lower=0.0)  # noqa: N815 (the papers' names, as in ufm.UFM)
+    lam_Ws: float | tuple[float, ...] = leaf(default=5e-4, check=lambda name, v: v)  # noqa: N815
+    lam_b: float = leaf(default=0.0, lower=0.0)
+    bias: bool = static(default=False, check=bool_check)
 
-    def __post_init__(self):
-        K = check_int("K", self.K, 2)
-        object.__setattr__(self, "d", check_int("d", self.d, 1))
-        counts = class_counts(self.n, K)
-        object.__setattr__(self, "n", counts[0] if len(set(counts)) == 1 else counts)
-        depth = check_int("depth", self.depth, 1)
-        check_choice("activation", self.activation, ACTIVATIONS)
-        check_choice("loss", self.loss, LOSSES)
-        object.__setattr__(self, "lam_H", check_real("lam_H", self.lam_H))
-        object.__setattr__(self, "lam_Ws", _check_lams(self.lam_Ws, depth))
-        object.__setattr__(self, "lam_b", check_real("lam_b", self.lam_b))
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be True or False, got bias={self.bias!r}")
+    def __check__(self):
+        return {**(super().__check__() or {}), "lam_Ws": _check_lams(self.lam_Ws, self.depth)}
 
     # --- parameters and objective ---------------------------------------------------------------
     def init(self, key: Array, scale: float | None = None, dtype=None) -> DeepParams:

@@ -12,7 +12,6 @@ collapse, THEORY.md section 4).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -23,14 +22,7 @@ from jax import Array
 
 from ufm.losses import LOSSES
 from ufm.metrics import nc_metrics
-from ufm.models._base import (
-    ClassLayout,
-    check_choice,
-    check_int,
-    check_real,
-    class_counts,
-    register_model,
-)
+from ufm.models._base import ClassLayout, choice_check, leaf, static
 from ufm.models.ufm import Params
 
 __all__ = ["LayerPeeled", "H_BUDGETS"]
@@ -83,8 +75,6 @@ def _projected_gradient(K: int, N: int, c: float) -> optax.GradientTransformatio
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-@register_model(leaves=("E_W", "E_H"))
-@dataclasses.dataclass(frozen=True)
 class LayerPeeled(ClassLayout):
     """Layer-peeled model: mean loss of the logits W H under norm budgets E_W, E_H.
 
@@ -111,23 +101,10 @@ class LayerPeeled(ClassLayout):
         ((1/N) sum_i ||h_i||^2 <= E_H). The same constraint for balanced counts.
     """
 
-    K: int
-    d: int
-    n: int | tuple[int, ...] = 1
-    loss: str = "ce"
-    E_W: float = 1.0
-    E_H: float = 1.0
-    h_budget: str = "class"
-
-    def __post_init__(self):
-        K = check_int("K", self.K, 2)
-        object.__setattr__(self, "d", check_int("d", self.d, 1))
-        counts = class_counts(self.n, K)
-        object.__setattr__(self, "n", counts[0] if len(set(counts)) == 1 else counts)
-        check_choice("loss", self.loss, LOSSES)
-        for name in ("E_W", "E_H"):
-            object.__setattr__(self, name, check_real(name, getattr(self, name), strict=True))
-        check_choice("h_budget", self.h_budget, H_BUDGETS)
+    loss: str = static(default="ce", check=choice_check(LOSSES))
+    E_W: float = leaf(default=1.0, lower=0.0, strict=True)
+    E_H: float = leaf(default=1.0, lower=0.0, strict=True)
+    h_budget: str = static(default="class", check=choice_check(H_BUDGETS))
 
     def h_weights(self, dtype=None) -> Array:
         """(N,) weight a_i of ||h_i||^2 in the feature budget sum_i a_i ||h_i||^2 <= E_H:

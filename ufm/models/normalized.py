@@ -9,22 +9,13 @@ Only 1/tau_eff = r_W r_H / tau matters for the value.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from jax import Array
 
 from ufm.losses import LOSSES
 from ufm.metrics import nc_metrics
-from ufm.models._base import (
-    ClassLayout,
-    check_choice,
-    check_int,
-    check_real,
-    class_counts,
-    register_model,
-)
+from ufm.models._base import ClassLayout, choice_check, leaf, static
 from ufm.models.ufm import Params
 
 __all__ = ["NormalizedUFM"]
@@ -37,8 +28,6 @@ def _unit(X: Array, axis: int) -> Array:
     return X * jnp.where(pos, jax.lax.rsqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
-@register_model(leaves=("tau", "r_W", "r_H"))
-@dataclasses.dataclass(frozen=True)
 class NormalizedUFM(ClassLayout):
     """Normalized-feature UFM: loss of W H / tau with rows w_k and columns h_i on spheres.
 
@@ -60,22 +49,10 @@ class NormalizedUFM(ClassLayout):
     tau, r_W and r_H are pytree leaves (vmappable, never recompile).
     """
 
-    K: int
-    d: int
-    n: int | tuple[int, ...] = 1
-    tau: float = 1.0
-    r_W: float = 1.0  # noqa: N815 (as lam_W in ufm.UFM)
-    r_H: float = 1.0  # noqa: N815
-    loss: str = "ce"
-
-    def __post_init__(self):
-        K = check_int("K", self.K, 2)
-        object.__setattr__(self, "d", check_int("d", self.d, 1))
-        counts = class_counts(self.n, K)
-        object.__setattr__(self, "n", counts[0] if len(set(counts)) == 1 else counts)
-        for name in ("tau", "r_W", "r_H"):
-            object.__setattr__(self, name, check_real(name, getattr(self, name), strict=True))
-        check_choice("loss", self.loss, LOSSES)
+    tau: float = leaf(default=1.0, lower=0.0, strict=True)
+    r_W: float = leaf(default=1.0, lower=0.0, strict=True)  # noqa: N815 (as lam_W in ufm.UFM)
+    r_H: float = leaf(default=1.0, lower=0.0, strict=True)  # noqa: N815
+    loss: str = static(default="ce", check=choice_check(LOSSES))
 
     # --- manifold -------------------------------------------------------------------------------
     def project(self, params: Params) -> Params:

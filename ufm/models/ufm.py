@@ -9,7 +9,6 @@ W in R^{K x d}, H in R^{d x N} (columns ordered class by class), b in R^K. The b
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -21,13 +20,12 @@ from ufm.losses import LOSSES, PARAMETRIC_LOSSES
 from ufm.metrics import nc_metrics
 from ufm.models._base import (
     ClassLayout,
-    check_choice,
-    check_int,
-    check_real,
-    class_counts,
+    bool_check,
+    choice_check,
     frobenius_sq,
     is_concrete,
-    register_model,
+    leaf,
+    static,
 )
 from ufm.models._fused import ufm_value_and_grad
 
@@ -42,8 +40,6 @@ class Params(NamedTuple):
     b: Array | None
 
 
-@register_model(leaves=("lam_W", "lam_H", "lam_b", "alpha", "gamma"))
-@dataclasses.dataclass(frozen=True)
 class UFM(ClassLayout):
     """Regularised UFM: mean loss of the logits W H + b plus lam/2 times squared Frobenius norms.
 
@@ -61,31 +57,15 @@ class UFM(ClassLayout):
       alpha and gamma are pytree leaves too; each must stay 0 for the other losses.
     """
 
-    K: int
-    d: int
-    n: int | tuple[int, ...] = 1
-    loss: str = "ce"
-    lam_W: float = 5e-4
-    lam_H: float = 5e-4
-    lam_b: float = 5e-4
-    bias: bool = True
-    alpha: float = 0.0
-    gamma: float = 0.0
+    loss: str = static(default="ce", check=choice_check({**LOSSES, **PARAMETRIC_LOSSES}))
+    lam_W: float = leaf(default=5e-4, lower=0.0)
+    lam_H: float = leaf(default=5e-4, lower=0.0)
+    lam_b: float = leaf(default=5e-4, lower=0.0)
+    bias: bool = static(default=True, check=bool_check)
+    alpha: float = leaf(default=0.0, lower=0.0, upper=1.0)
+    gamma: float = leaf(default=0.0, lower=0.0)
 
-    def __post_init__(self):
-        K = check_int("K", self.K, 2)
-        object.__setattr__(self, "d", check_int("d", self.d, 1))
-        counts = class_counts(self.n, K)
-        object.__setattr__(self, "n", counts[0] if len(set(counts)) == 1 else counts)
-        check_choice("loss", self.loss, {**LOSSES, **PARAMETRIC_LOSSES})
-        for name in ("lam_W", "lam_H", "lam_b"):
-            object.__setattr__(self, name, check_real(name, getattr(self, name)))
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be True or False, got bias={self.bias!r}")
-        object.__setattr__(self, "alpha", check_real("alpha", self.alpha))
-        object.__setattr__(self, "gamma", check_real("gamma", self.gamma))
-        if is_concrete(self.alpha) and np.any(np.asarray(self.alpha, dtype=float) > 1):
-            raise ValueError(f"alpha must be in [0, 1], got alpha={self.alpha!r}")
+    def __check__(self):
         for name, loss in (("alpha", "ls"), ("gamma", "focal")):
             value = getattr(self, name)
             if self.loss != loss and is_concrete(value) and np.any(np.asarray(value) != 0):
@@ -93,6 +73,7 @@ class UFM(ClassLayout):
                     f"{name} is used only with loss={loss!r}; with loss={self.loss!r} it must be "
                     f"0, got {name}={value!r}"
                 )
+        return super().__check__()
 
     # --- parameters and objective ---------------------------------------------------------------
     def init(self, key: Array, scale: float | None = None, dtype=None) -> Params:
