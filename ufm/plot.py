@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.figure import Figure
 
 from ufm.geometry import etf_gram
+
+if TYPE_CHECKING:  # pyplot is imported inside each figure function: `import ufm` stays light
+    from matplotlib.figure import Figure
 
 __all__ = ["metric_curves", "gram_vs_etf", "demo_figure"]
 
@@ -23,6 +26,8 @@ def metric_curves(history: dict, keys=("nc1", "nc2", "nc2_W", "nc3"), ax=None) -
     `history` is a `Result.history`: name -> (T,) arrays, or (S, T) for S seeds, in which case
     one thin line per seed is drawn with the median on top.
     """
+    import matplotlib.pyplot as plt
+
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 4))
     step = np.asarray(history["step"], dtype=float)
     for i, k in enumerate([k for k in keys if k in history]):
@@ -46,6 +51,8 @@ def metric_curves(history: dict, keys=("nc1", "nc2", "nc2_W", "nc3"), ax=None) -
 def gram_vs_etf(W: np.ndarray, target: np.ndarray | None = None, axes=None, title="W") -> Figure:
     """Heatmaps of the unit-Frobenius Gram of the rows of W next to a target Gram, normalised
     the same way (default: the simplex ETF Gram P/sqrt(K-1))."""
+    import matplotlib.pyplot as plt
+
     W = np.asarray(W)
     K = W.shape[0]
     target = np.asarray(etf_gram(K)) if target is None else np.asarray(target)
@@ -66,6 +73,8 @@ def gram_vs_etf(W: np.ndarray, target: np.ndarray | None = None, axes=None, titl
 
 def demo_figure(history: dict, W: np.ndarray, target: np.ndarray | None = None) -> Figure:
     """The `ufm demo` figure: NC metrics vs step (log axes) and the Gram of W next to the ETF."""
+    import matplotlib.pyplot as plt
+
     fig = plt.figure(figsize=(13, 4))
     ax0 = fig.add_subplot(1, 3, 1)
     metric_curves(history, ax=ax0)
@@ -93,6 +102,8 @@ def le_separation(results: dict, axes=None) -> Figure:
     alpha = beta, stays near sqrt((1-1/K)/n) at it and shrinks like 1/sqrt(t) below it. Right: the
     fraction of trials whose features are NCC-separable (every sample nearest its own class mean).
     """
+    import matplotlib.pyplot as plt
+
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     fig = axes[0].figure
@@ -130,6 +141,8 @@ def flow_curves(
     log t + log log t), with `margin_theory = (t, q)` dashed when given; when `gamma_star` is given,
     the normalised margin divided by gamma* = 1/((K-1) sqrt(n)) on a twin axis (it tends to 1).
     """
+    import matplotlib.pyplot as plt
+
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     fig = axes[0].figure
@@ -179,6 +192,8 @@ def feature_geometry(H, labels, W=None, dim: int = 2, ax=None) -> Figure:
     rescaled to the mean norm of the centred means, so a collapsed solution shows each classifier
     arrow through its class mean (self-duality) and the means on a regular simplex.
     """
+    import matplotlib.pyplot as plt
+
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got dim={dim!r}")
     H, labels = np.asarray(H), np.asarray(labels)
@@ -233,6 +248,8 @@ def phase_diagram(
       boundary: optional callable y = boundary(x) (drawn as a dashed line) or a pair (xs, ys).
       log: log scale for the (x, y) axes; log_values: colour by log10 max(|values|, floor).
     """
+    import matplotlib.pyplot as plt
+
     values, x, y = np.asarray(values, dtype=float), np.asarray(x), np.asarray(y)
     if values.shape != (len(x), len(y)):
         raise ValueError(
@@ -268,6 +285,8 @@ def minority_collapse(curve, threshold: float | None = None, ax=None) -> Figure:
     `curve` is an `ufm.imbalance.MinorityCurve` (fields R, cosine, spread); the theoretical
     threshold R_0 beyond which the minority classifiers coincide is drawn when given.
     """
+    import matplotlib.pyplot as plt
+
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 3.8))
     ax.plot(curve.R, curve.cosine, "o-", label="cosine of minority classifiers")
     ax.plot(curve.R, curve.spread, "s--", label="minority spread (relative)")
