@@ -23,6 +23,7 @@ import numpy as np
 from jax import Array
 
 from ufm.models._base import check_choice, check_int, check_real
+from ufm.theory._roots import bisect, bracket
 
 __all__ = [
     "MergedLPM",
@@ -324,17 +325,13 @@ def lpm_threshold(
         res, x = _lpm_merged(K_A, K_B, R, E_W, E_H, h_budget, 0, 1 if x is not None else 3, x)
         return res.certificate
 
-    lo, hi = 1.0, 2.0
-    if kappa(lo) >= 1:
-        return lo
-    while kappa(hi) < 1:
-        lo, hi = hi, 2 * hi
-        if hi > 2.0**40:
-            raise ValueError("no minority collapse found for R <= 2^40")
-    while hi - lo > rtol * hi:
-        mid = math.sqrt(lo * hi)
-        if kappa(mid) < 1:
-            lo = mid
-        else:
-            hi = mid
-    return math.sqrt(lo * hi)
+    def f(R):
+        return kappa(R) - 1.0
+
+    if f(1.0) >= 0:
+        return 1.0
+    try:
+        lo, hi = bracket(f, 1.0, 2.0, limit=2.0**40)
+    except ValueError:
+        raise ValueError("no minority collapse found for R <= 2^40") from None
+    return bisect(f, lo, hi, log=True, rtol=rtol)

@@ -43,6 +43,7 @@ from ufm.models._base import (
 )
 from ufm.models.ufm import UFM, Params
 from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
+from ufm.theory._roots import bisect, bracket
 
 __all__ = [
     "MultiLabelUFM",
@@ -223,16 +224,6 @@ def _balanced_multiplicities(model: MultiLabelUFM) -> dict[int, int]:
     return {m: cs[0] for m, cs in sorted(by_m.items())}
 
 
-def _increasing_root(f, lo: float, hi: float) -> float:
-    """Root of an increasing f with f(lo) <= 0 <= f(hi), to float64 resolution."""
-    for _ in range(400):
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break
-        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
 def multilabel_margins(
     K: int, n_by_multiplicity: dict[int, int], lam_W: float, lam_H: float
 ) -> tuple[dict[int, float], float]:
@@ -265,25 +256,19 @@ def multilabel_margins(
         return {m: 0.0 for m in n_by_multiplicity}, const + sum(loss(m, 0.0) for m in ms)
 
     def s_of(nu):
-        out = {}
-        for m in ms:
-            hi = 1.0
-            while a(m, hi) - nu * c[m] * hi > 0:
-                hi *= 2
-            out[m] = _increasing_root(lambda s, m=m: nu * c[m] * s - a(m, s), 0.0, hi)
-        return out
+        def root(m):  # s_m(nu): f increasing, f(0) = -a_m(0) < 0
+            def f(s):
+                return nu * c[m] * s - a(m, s)
+
+            return bisect(f, *bracket(f, 0.0, 1.0))
+
+        return {m: root(m) for m in ms}
 
     def g(nu):
         s = s_of(nu)
         return nu * math.sqrt(sum(c[m] * s[m] ** 2 for m in ms)) - mu * (K - 1)
 
-    lo, hi = 1e-300, 1.0
-    while g(hi) < 0:
-        lo, hi = hi, hi * 4
-    while g(lo) > 0:
-        lo *= 1e-4
-    # bisect in log(nu)
-    nu = math.exp(_increasing_root(lambda t: g(math.exp(t)), math.log(lo), math.log(hi)))
+    nu = bisect(g, *bracket(g, 1e-300, 1.0, factor=4.0), log=True)
     s = s_of(nu)
     gamma = sum(c[m] * s[m] ** 2 for m in ms)
     value = const + sum(loss(m, s[m]) for m in ms) + mu * (K - 1) * math.sqrt(gamma)

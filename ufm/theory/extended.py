@@ -34,6 +34,7 @@ import numpy as np
 from ufm.models.extended import DeepParams, ExtendedUFM
 from ufm.models.ufm import UFM
 from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
+from ufm.theory._roots import bisect
 
 __all__ = ["beta_glob", "deep_min"]
 
@@ -63,15 +64,7 @@ def deep_min(beta: float, m: int) -> tuple[float, float]:
     lo, hi = (m - 2) / (2 * m - 2), 1.0  # h decreases on [lo, hi] from its maximum to 0
     if h(lo) < beta:
         return 0.0, 1.0
-    for _ in range(200):  # bisection to adjacent floats
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if h(mid) >= beta:
-            lo = mid
-        else:
-            hi = mid
-    t = lo
+    t = bisect(lambda t: beta - h(t), lo, hi)  # to adjacent floats
     g = (1 - t) ** 2 + m * beta * t ** (2 / m)
     return (t, g) if g <= 1.0 else (0.0, 1.0)
 

@@ -25,6 +25,7 @@ from ufm.models.normalized import NormalizedUFM
 from ufm.models.ufm import UFM, Params
 from ufm.theory import normalized as _normalized  # noqa: F401  (registered first; wrapped below)
 from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
+from ufm.theory._roots import bisect, bracket
 
 __all__ = [
     "cross_polytope",
@@ -94,15 +95,7 @@ def polygon_ufm_scale(K: int, c: float) -> tuple[float, float]:
 
     if K * c >= 1:  # phi'(0) = Kc - 1 (sum_j cos(2 pi j/K) = 0)
         return 0.0, math.log(K)
-    lo, hi = 0.0, 1.0
-    while dphi(hi) < 0:
-        lo, hi = hi, 2 * hi
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break
-        lo, hi = (mid, hi) if dphi(mid) < 0 else (lo, mid)
-    rho = 0.5 * (lo + hi)
+    rho = bisect(dphi, *bracket(dphi, 0.0, 1.0))
     return rho, phi(rho)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from ufm.geometry import orthonormal_basis
 from ufm.models.ufm import UFM, Params
 from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
+from ufm.theory._roots import bisect
 
 
 def ce_value(K: int, c: float) -> float:
@@ -115,19 +116,6 @@ def _focal_terms(K: int, s: float, gamma: float) -> tuple[float, float]:
     return -w * logP, w * (gamma * P * logP - Q)
 
 
-def _bisect(f, lo: float, hi: float) -> float:
-    """A root of f on [lo, hi] with f(lo) < 0 < f(hi), to the resolution of float64."""
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break
-        if f(mid) < 0:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
 def focal_margin(K: int, c: float, gamma: float, grid: int = 4096) -> tuple[float, float]:
     """(s*, f*) of the balanced focal-loss UFM (d >= K-1) by its exact 1-D reduction.
 
@@ -152,7 +140,7 @@ def focal_margin(K: int, c: float, gamma: float, grid: int = 4096) -> tuple[floa
     candidates = [0.0]
     for i in range(grid - 1):
         if ds[i] < 0 <= ds[i + 1]:
-            candidates.append(_bisect(dphi, xs[i], xs[i + 1]))
+            candidates.append(bisect(dphi, xs[i], xs[i + 1]))
     s_star = min(candidates, key=phi)
     return s_star, phi(s_star)
 
