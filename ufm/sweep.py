@@ -39,7 +39,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ufm.solve import CONVERGED, MAX_STEPS, NONFINITE, STATUS_NAMES, _loop, default_optimizer
+from ufm.loop import build
+from ufm.solve import CONVERGED, MAX_STEPS, NONFINITE, STATUS_NAMES, default_optimizer
 
 __all__ = ["Sweep", "sweep", "load_sweep"]
 
@@ -757,7 +758,7 @@ def _group_body(st: _Static, tol, token, n_groups, indexed_args):
     def loop_of(lv, hp, example):
         model = model_of(lv)
         tx = st.optimizer(**hp) if st.is_factory else st.optimizer
-        return model, _loop(model, tx, example, tol)
+        return model, build(model, tx, tol=tol)
 
     def init(lv, seed):
         return model_of(lv).init(jax.random.key(seed))
@@ -766,7 +767,7 @@ def _group_body(st: _Static, tol, token, n_groups, indexed_args):
         params0 = jax.lax.map(lambda a: init(*a), (leaves, seeds))
     else:
         params0 = batched(init)(leaves, seeds)
-    carry = batched(lambda lv, hp, p: loop_of(lv, hp, p)[1].start(p))(leaves, hparams, params0)
+    carry = batched(lambda lv, hp, p: loop_of(lv, hp, p)[1].init(p))(leaves, hparams, params0)
 
     def bstep(c, active):
         step = lambda lv, hp, c, a: loop_of(lv, hp, c.params)[1].step(c, a)  # noqa: E731
@@ -790,7 +791,7 @@ def _group_body(st: _Static, tol, token, n_groups, indexed_args):
         """Step every run until it reaches `stop` steps or stops (converged / non-finite)."""
 
         def running(c):
-            return (c.i < stop) & (c.status == MAX_STEPS)
+            return (c.steps < stop) & (c.status == MAX_STEPS)
 
         def steps(c, limit):
             def body(t):
@@ -807,8 +808,8 @@ def _group_body(st: _Static, tol, token, n_groups, indexed_args):
         def segment(s):
             c, done = s
             c = steps(c, every)
-            due = jnp.sum(c.i.astype(count)) - done >= every
-            return c, jax.lax.cond(due, tell, lambda i, done: done, c.i, done)
+            due = jnp.sum(c.steps.astype(count)) - done >= every
+            return c, jax.lax.cond(due, tell, lambda i, done: done, c.steps, done)
 
         return jax.lax.while_loop(lambda s: jnp.any(running(s[0])), segment, (c, done))
 
@@ -853,14 +854,14 @@ def _group_body(st: _Static, tol, token, n_groups, indexed_args):
             k: jnp.take_along_axis(v, last[..., None], axis=-1)[..., 0] for k, v in hist.items()
         }
     if st.progress and stride == 1:
-        tell(carry.i, done)
+        tell(carry.steps, done)
     elif st.progress:
         last = (index + 1) % stride == 0
-        jax.lax.cond(last, lambda i, d: tell(i, d, stride), lambda i, d: d, carry.i, done)
+        jax.lax.cond(last, lambda i, d: tell(i, d, stride), lambda i, d: d, carry.steps, done)
 
     def final(lv, hp, c, row):
         model, loop = loop_of(lv, hp, c.params)
-        res = {"objective": c.value, "grad_norm": loop.stationarity(c), "steps_taken": c.i}
+        res = {"objective": c.value, "grad_norm": loop.stationarity(c), "steps_taken": c.steps}
         res["status"] = c.status
         if hasattr(model, "metrics") and not st.split_metrics:
             metrics = model.metrics(c.params) if row is None else row

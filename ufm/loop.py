@@ -1,0 +1,264 @@
+"""The optimisation loop as a pair of pure functions, in the shape of an optax transformation:
+``loop = ufm.loop.build(model, optimizer)``, ``state = loop.init(params)``, then
+``state = loop.step(state)`` until ``state.status`` leaves ``RESULTS.max_steps``.
+
+`ufm.solve` drives one loop (`iterate`), `ufm.sweep` drives many at once (vmapped, with a
+running mask), and any other driver (a gradient flow, a custom schedule) can drive the same
+pieces. Every function is traceable: build a loop inside `jax.jit`/`jax.vmap` freely.
+
+    loop = ufm.loop.build(model, optax.sgd(0.1), tol=1e-9)
+    state = loop.init(model.init(key))
+    state = jax.lax.while_loop(
+        lambda s: (s.steps < 100) & (s.status == ufm.loop.RESULTS.max_steps), loop.step, state)
+    ufm.loop.RESULTS(int(state.status)).message
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+__all__ = [
+    "RESULTS",
+    "LoopState",
+    "Loop",
+    "build",
+    "iterate",
+    "stationarity",
+    "tree_norm",
+    "all_finite",
+]
+
+
+class RESULTS(enum.IntEnum):
+    """How a run ended: the integer ``status`` of a `LoopState`, `ufm.Result` and `ufm.Sweep`,
+    each with the message a user needs (``RESULTS(code).message``).
+
+    converged (0): the stationarity measure reached ``tol``.
+    max_steps (1): the step budget ran out first (while running, every state is ``max_steps``).
+    nonfinite (2): a step produced a NaN/inf; the run was frozen at its last finite iterate.
+    """
+
+    converged = 0
+    max_steps = 1
+    nonfinite = 2
+
+    @property
+    def message(self) -> str:
+        """What happened, and what to change."""
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    RESULTS.converged: "converged: the stationarity measure reached `tol`.",
+    RESULTS.max_steps: "max_steps: the run took every step of its budget without reaching `tol` "
+    "(without a `tol`, the normal end); to converge, increase `steps` or use another optimizer.",
+    RESULTS.nonfinite: "nonfinite: a step produced a NaN or inf objective, gradient or iterate; "
+    "the run is frozen at its last finite iterate. Lower the learning rate, or check the model's "
+    "hyperparameters.",
+}
+
+
+class LoopState(NamedTuple):
+    """The state of one run between optimizer steps (a pytree; a batch of runs stacks it)."""
+
+    params: Any  # the iterate, the pytree of model.init (e.g. ufm.Params: W (K, d), H (d, N))
+    opt_state: Any  # the optimizer's state at `params`
+    value: Array  # () objective at params
+    grad: Any  # gradient at params, the pytree of params
+    stationarity: Array  # () ||P(x - g) - x|| at params; tracked step by step only with a tol
+    steps: Array  # () int, optimizer steps taken
+    status: Array  # () int, a RESULTS code; RESULTS.max_steps while the run goes on
+
+
+class Loop(NamedTuple):
+    """The pure functions of one run's loop (built by `build`).
+
+    init(params) -> LoopState: the state at a starting point (its status is ``nonfinite``
+      when the start already is, else ``converged`` or ``max_steps`` by the stopping test).
+    step(state, active=True) -> LoopState: one guarded optimizer step. Where ``active`` is
+      False the state is returned unchanged; where the step gives a non-finite value the state
+      keeps its last finite iterate and its status becomes ``nonfinite``.
+    stationarity(state) -> (): the stationarity measure at ``state.params``.
+    record(state) -> dict[str, ()]: what a history stores at a record point: step, objective,
+      grad_norm, and ``model.metrics`` unless built with ``metrics=False``.
+    """
+
+    init: Callable[[Any], LoopState]
+    step: Callable[..., LoopState]
+    stationarity: Callable[[LoopState], Array]
+    record: Callable[[LoopState], dict[str, Array]]
+
+
+def tree_norm(t) -> Array:
+    """Euclidean norm of a pytree of arrays, sqrt(sum_i ||t_i||_F^2)."""
+    return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(t)))
+
+
+def all_finite(t) -> Array:
+    """True iff every entry of every leaf is finite: sum(x * 0) is 0 for finite x and NaN as soon
+    as one entry is inf or NaN (never overflows; one fused reduction per leaf, about 3x cheaper
+    on CPU than all(isfinite(x)), which XLA materialises as a boolean array)."""
+    total = sum(jnp.sum(x * jnp.zeros((), x.dtype)) for x in jax.tree.leaves(t))
+    return jnp.isfinite(total)
+
+
+def stationarity(project: Callable | None, params, grad) -> Array:
+    """The stationarity measure ||P(x - g) - x|| (the projected-gradient step length, zero
+    exactly at a KKT point of min f over the feasible set); ||g|| without a projection P."""
+    if project is None:
+        return tree_norm(grad)
+    moved = project(jax.tree.map(lambda p, g: p - g, params, grad))
+    return tree_norm(jax.tree.map(lambda a, p: a - p, moved, params))
+
+
+def _value_in_state(opt_state) -> bool:
+    """Whether a (line-search) optimizer stores the objective and gradient at its iterate."""
+    return optax.tree_utils.tree_get(opt_state, "value") is not None
+
+
+def build(
+    model,
+    optimizer: optax.GradientTransformation,
+    *,
+    tol: Array | float | None = None,
+    metrics: bool = True,
+) -> Loop:
+    """The loop of `optimizer` on ``model.objective`` (traceable: `model` and `tol` may hold
+    tracers).
+
+    Gradients come from ``model.value_and_grad(params)`` where the model defines it (hand-derived
+    and fused, e.g. `ufm.UFM` with CE or MSE; its contract: the value is non-finite whenever a
+    parameter or gradient entry is, so a step checks only the value), else from autodiff of
+    ``model.objective`` with every entry of the new parameters and gradient checked. A model with
+    ``project(params)`` is kept feasible by projecting after every update; line-search optimizers
+    (L-BFGS) reuse the value and gradient they computed at the accepted point when there is no
+    projection.
+
+    Args:
+      model: a ufm model (``objective``; optionally ``value_and_grad``, ``project``, ``metrics``).
+      optimizer: any optax GradientTransformation, line-search ones included.
+      tol: stop once the stationarity measure is <= tol (status ``converged``); None: no
+        stopping test, and no stationarity measure computed at every step (only when recorded).
+      metrics: include ``model.metrics`` in `Loop.record`.
+
+    Returns:
+      A `Loop` of pure functions.
+    """
+    f = model.objective
+    project = getattr(model, "project", None)
+    own_vg = getattr(model, "value_and_grad", None)
+    tx = optax.with_extra_args_support(optimizer)
+    use_tol = tol is not None
+    vg = own_vg if own_vg is not None else jax.value_and_grad(f)
+    vg_from_state = optax.value_and_grad_from_state(f)
+
+    def reuses_state(opt_state) -> bool:
+        # after a projection the iterate is another point than the line search's trial point
+        return project is None and _value_in_state(opt_state)
+
+    def finite(value, grad, params, opt_state):
+        if own_vg is not None and not reuses_state(opt_state):
+            return jnp.isfinite(value)
+        return jnp.isfinite(value) & all_finite(grad) & all_finite(params)
+
+    def status_of(ok, stat):
+        going = int(RESULTS.max_steps)
+        if use_tol:
+            going = jnp.where(stat <= tol, int(RESULTS.converged), going)
+        return jnp.where(ok, going, int(RESULTS.nonfinite))
+
+    def init(params) -> LoopState:
+        v0, g0 = vg(params)
+        opt_state = tx.init(params)
+        stat0 = stationarity(project, params, g0) if use_tol else jnp.zeros((), v0.dtype)
+        ok = finite(v0, g0, params, opt_state)
+        zero = jnp.asarray(0)
+        return LoopState(params, opt_state, v0, g0, stat0, zero, status_of(ok, stat0))
+
+    def step(s: LoopState, active: Array | bool = True) -> LoopState:
+        updates, new_state = tx.update(
+            s.grad, s.opt_state, s.params, value=s.value, grad=s.grad, value_fn=f
+        )
+        new = optax.apply_updates(s.params, updates)
+        if project is not None:
+            new = project(new)
+        if reuses_state(new_state):
+            new_value, new_grad = vg_from_state(new, state=new_state)
+        else:
+            new_value, new_grad = vg(new)
+        ok = finite(new_value, new_grad, new, new_state)
+        new_stat = stationarity(project, new, new_grad) if use_tol else s.stationarity
+        take = ok & active
+        keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(take, x, y), a, b)  # noqa: E731
+        return LoopState(
+            keep(new, s.params),
+            keep(new_state, s.opt_state),
+            jnp.where(take, new_value, s.value),
+            keep(new_grad, s.grad),
+            jnp.where(take, new_stat, s.stationarity),
+            s.steps + take.astype(s.steps.dtype),
+            jnp.where(active, status_of(ok, new_stat), s.status),
+        )
+
+    def measure(s: LoopState) -> Array:
+        return s.stationarity if use_tol else stationarity(project, s.params, s.grad)
+
+    def record(s: LoopState) -> dict[str, Array]:
+        row = {"step": s.steps, "objective": s.value, "grad_norm": measure(s)}
+        if metrics and hasattr(model, "metrics"):
+            row.update(model.metrics(s.params))
+        return row
+
+    return Loop(init, step, measure, record)
+
+
+def iterate(
+    loop: Loop, state: LoopState, max_steps: int, record_every: int
+) -> tuple[LoopState, dict[str, Array]]:
+    """Step one run until ``max_steps`` steps or a status other than ``max_steps``, recording
+    `Loop.record` at steps 0, record_every, 2 record_every, ... and at the last step.
+
+    A while loop over record blocks, each a while loop over steps: the record (and
+    ``model.metrics``) is traced once, so it compiles once.
+
+    Args:
+      loop: from `build`.
+      state: the starting state, ``loop.init(params)``.
+      max_steps: the step budget (static, >= 1).
+      record_every: steps between records (static, >= 1).
+
+    Returns:
+      (final state, history): history maps each record key to a (T,) array with
+      T = 1 + ceil(max_steps / record_every); rows after an early stop are NaN (step -1).
+    """
+    T = 1 + -(-max_steps // record_every)
+    rows = jax.eval_shape(loop.record, state)
+    history0 = {
+        k: jnp.full((T,) + v.shape, -1 if k == "step" else jnp.nan, v.dtype)
+        for k, v in rows.items()
+    }
+    going = int(RESULTS.max_steps)
+
+    def block(carry):
+        s, b, history = carry
+        stop = jnp.minimum(b * record_every, max_steps)
+        s = jax.lax.while_loop(
+            lambda s: (s.steps < stop) & (s.status == going), lambda s: loop.step(s), s
+        )
+        row = loop.record(s)
+        history = {k: h.at[b].set(row[k]) for k, h in history.items()}
+        return s, b + 1, history
+
+    state, _, history = jax.lax.while_loop(
+        lambda c: (c[1] < T) & ((c[1] == 0) | (c[0].status == going)),
+        block,
+        (state, jnp.asarray(0), history0),
+    )
+    return state, history
