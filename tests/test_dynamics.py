@@ -16,6 +16,7 @@ from scipy import integrate, optimize, special  # noqa: E402
 import ufm  # noqa: E402
 from ufm import dynamics as dyn  # noqa: E402
 from ufm import plot as uplot  # noqa: E402
+from ufm.dynamics import flows, le_sde  # noqa: E402
 
 EXACT = 1e-12  # float64 closed forms: (1 + h lam)^m, invariant subspaces, estimator round trips
 
@@ -298,7 +299,7 @@ def test_within_class_variance_i_model(sweep):
 
 def test_sweep_compiles_once_for_all_impact_values(sweep):
     cfg = dyn.LESDE(K=PT["K"], n=PT["n"], sigma=0.5, beta=PT["beta"])
-    before = dyn._le_sweep._cache_size()
+    before = le_sde._le_sweep._cache_size()
     res = dyn.le_sweep(  # new impacts, sigma, h and record_every; the same number of records
         cfg,
         jax.random.key(1),
@@ -309,7 +310,7 @@ def test_sweep_compiles_once_for_all_impact_values(sweep):
         h=PT["h"] / 2,
         record_every=2 * PT["every"],
     )
-    assert dyn._le_sweep._cache_size() == before
+    assert le_sde._le_sweep._cache_size() == before
     np.testing.assert_allclose(res.history["t"][0, 0], sweep.history["t"][0, 0], rtol=EXACT)
 
 
@@ -358,8 +359,8 @@ def test_mixon_logistic_eigenvalues_at_the_integrator_order_and_under_vmap(key):
                 model, p0, T, dt, record_every=int(round(1 / dt)), method=method, stats=_eig_stats
             )
             if dt == dts[0]:
-                compiled = dyn._flow._cache_size()
-            assert dyn._flow._cache_size() == compiled  # halving dt does not recompile
+                compiled = flows._flow._cache_size()
+            assert flows._flow._cache_size() == compiled  # halving dt does not recompile
             t = res.history["t"]
             lam = dyn.mixon_eigenvalues(eig0[None, :], t[:, None], n, K)
             errors[method, dt] = float(jnp.max(jnp.abs(res.history["eig"] - lam)))

@@ -1,0 +1,55 @@
+"""Training dynamics of neural collapse, simulated and checked against closed forms.
+
+- `le_sde`: the locally elastic SDE of Zhang, Wang & Su (2021), its Euler–Maruyama simulation and
+  a compiled sweep over the impacts (docs/theory.md §13).
+- `flows`: gradient flow on any ufm model (Euler or RK4), with NC statistics recorded (§14).
+- `laws`: the closed forms these are checked against: LE-ODE modes and margins, Mixon, Parshall &
+  Pi's logistic eigenvalues (§14.1), Ji et al.'s margin law (§14.3), and the starts on which
+  they hold exactly.
+
+The statistics recorded along the way are pure functions of arrays in `ufm.metrics.dynamics`.
+"""
+
+from ufm.dynamics.flows import FlowResult, flow_stats, gradient_flow
+from ufm.dynamics.laws import (
+    estimate_impacts,
+    euler_factor,
+    impact_integrals,
+    le_ce_margin,
+    le_etf_init,
+    mixon_eigenvalues,
+    mixon_init,
+    mode_rates,
+    ulpm_etf_init,
+    ulpm_margin,
+    ulpm_margin_law,
+    ulpm_max_normalized_margin,
+)
+from ufm.dynamics.le_sde import LESDE, SDEResult, impacts, le_sweep, simulate
+from ufm.metrics.dynamics import argmax_accuracy, ncc_accuracy, separable
+
+__all__ = [
+    "LESDE",
+    "SDEResult",
+    "FlowResult",
+    "impacts",
+    "impact_integrals",
+    "mode_rates",
+    "euler_factor",
+    "simulate",
+    "le_sweep",
+    "le_etf_init",
+    "le_ce_margin",
+    "estimate_impacts",
+    "ncc_accuracy",
+    "argmax_accuracy",
+    "separable",
+    "gradient_flow",
+    "flow_stats",
+    "mixon_init",
+    "mixon_eigenvalues",
+    "ulpm_etf_init",
+    "ulpm_margin_law",
+    "ulpm_margin",
+    "ulpm_max_normalized_margin",
+]
