@@ -1,0 +1,84 @@
+"""How ufm uses the machine: every CPU core as a JAX device, and JAX's persistent compilation cache.
+
+**CPU cores.** XLA runs each CPU computation on one device; a sweep spreads its runs over devices,
+so by default ``import ufm`` makes JAX see one CPU device per core (``jax_num_cpu_devices``, set
+before JAX starts its backends). This is skipped when the user has already chosen: the
+environment variable ``UFM_CPU_DEVICES`` (``UFM_CPU_DEVICES=1`` opts out), a
+``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, ``jax_num_cpu_devices`` set by hand,
+or JAX backends already started (then JAX keeps what it has; ``cpu_devices_note()`` says why).
+
+**Compilation cache.** `enable_compilation_cache` stores compiled executables on disk, so a new
+process that solves a problem seen before skips XLA compilation (the CLI turns it on).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+__all__ = ["enable_compilation_cache", "default_cache_dir", "cpu_devices_note"]
+
+_NOTE = ["not set yet"]
+
+
+def _use_every_cpu_core() -> None:
+    """Ask JAX for one CPU device per core unless the user chose otherwise (module docstring)."""
+    from jax._src import xla_bridge
+
+    env = os.environ.get("UFM_CPU_DEVICES")
+    if env is not None:
+        count = _env_count(env)
+        reason = f"UFM_CPU_DEVICES={env}"
+    else:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        reason = "one per core"
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        _NOTE[0] = "left to XLA_FLAGS"
+    elif jax.config.jax_num_cpu_devices != -1:
+        _NOTE[0] = f"left to jax_num_cpu_devices={jax.config.jax_num_cpu_devices}"
+    elif xla_bridge.backends_are_initialized():
+        _NOTE[0] = "JAX had started before ufm was imported: one CPU device"
+    else:
+        jax.config.update("jax_num_cpu_devices", max(int(count or 1), 1))
+        _NOTE[0] = f"{count} CPU devices ({reason})"
+
+
+def _env_count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"UFM_CPU_DEVICES must be an integer >= 1, got UFM_CPU_DEVICES={value!r}")
+    return count
+
+
+def cpu_devices_note() -> str:
+    """How the number of JAX CPU devices was decided at ``import ufm``."""
+    return _NOTE[0]
+
+
+def default_cache_dir() -> str:
+    """``$UFM_CACHE_DIR``, else ``$XDG_CACHE_HOME/ufm/jax``, else ``~/.cache/ufm/jax``."""
+    if os.environ.get("UFM_CACHE_DIR"):
+        return os.environ["UFM_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ufm", "jax")
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
+    """Turn on JAX's persistent compilation cache in `path` (default `default_cache_dir()`).
+
+    Every executable is cached, however fast it compiled (ufm's loops compile in 0.3-3 s, below
+    JAX's default threshold of 1 s for some). Returns the directory used.
+    """
+    path = os.fspath(default_cache_dir() if path is None else path)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+_use_every_cpu_core()  # at import, before any other ufm module can start JAX's backends
