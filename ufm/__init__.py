@@ -1,5 +1,8 @@
 """ufm: a pure-JAX simulator of the unconstrained features model for Neural Collapse theory."""
 
+from ufm import runtime  # first: one JAX CPU device per core, before anything starts JAX
+
+# isort: split
 from ufm import dynamics, generalized, geometry, imbalance, label_noise, losses, multilabel, plot
 from ufm.label_noise import NoisyUFM
 from ufm.metrics import nc_metrics
@@ -16,6 +19,7 @@ from ufm.models import (
     static,
 )
 from ufm.multilabel import MultiLabelUFM
+from ufm.runtime import enable_compilation_cache
 from ufm.solve import Result, solve
 from ufm.sweep import Sweep, load_sweep, sweep
 from ufm.theory import CheckReport, NoClosedForm, Optimum, check, optimum
@@ -47,7 +51,9 @@ __all__ = [
     "check",
     "CheckReport",
     "nc_metrics",
+    "enable_compilation_cache",
     # modules
+    "runtime",
     "dynamics",
     "generalized",
     "geometry",
