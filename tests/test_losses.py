@@ -22,18 +22,11 @@ OPT = optax.lbfgs()
 K, D, N_PER = 4, 3, 2  # d = K-1: the smallest dimension with an ETF optimum
 
 
-class _Plain:
-    """The model's objective without its metrics (metrics compile slowly; tests need values)."""
-
-    def __init__(self, model):
-        self.objective = model.objective
-
-
 @jax.jit
 def _solve(model, key):
     """L-BFGS from model.init(key); one compilation serves every value of the model's leaves
     (vmapping the line search compiles far more slowly than a loop of calls)."""
-    return run(_Plain(model), model.init(key), OPT, 2000, 2000, 1e-12)
+    return run(model, model.init(key), OPT, 2000, 2000, 1e-12, metrics=False)
 
 
 def _nc_gaps(model, params):
