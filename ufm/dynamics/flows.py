@@ -10,20 +10,23 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import Array, lax
 
 from ufm.dynamics.le_sde import check_steps, strong
+from ufm.loop import RESULTS, build
 from ufm.metrics.dynamics import flow_metrics
 from ufm.models._base import check_choice, check_real
 
-__all__ = ["FlowResult", "flow_stats", "gradient_flow", "ode_step", "integrate", "METHODS"]
+__all__ = ["FlowResult", "flow_stats", "gradient_flow", "rk4", "increment", "integrate", "METHODS"]
 
 METHODS = ("euler", "rk4")
 
 
 class FlowResult(NamedTuple):
     """Output of `gradient_flow`: final params, history dict name -> (T, ...) arrays (with "t" and
-    "objective" always), and diverged (True when the final objective is not finite)."""
+    "objective" always), and diverged: True when a step gave a non-finite objective, gradient or
+    iterate (status `ufm.loop.RESULTS.nonfinite`); params are then the last finite iterate."""
 
     params: Any
     history: dict[str, Array]
@@ -48,22 +51,25 @@ def flow_stats(model, params, params0=None) -> dict[str, Array]:
     return {**out, **flow_metrics(W, H, model.labels, logits, W0, H0)}
 
 
-def ode_step(f: Callable, y, dt, method: str):
-    """One step of dy/dt = f(y) on a pytree y: Euler y + dt f(y), or classical RK4
-    y + (dt/6)(k1 + 2 k2 + 2 k3 + k4) (local error O(dt^5), global O(dt^4))."""
+def _negative(tree):
+    return jax.tree.map(jnp.negative, tree)
 
-    def axpy(p, a, k):
-        return jax.tree.map(lambda x, v: x + a * v, p, k)
 
-    k1 = f(y)
+def _axpy(y, a, k):
+    return jax.tree.map(lambda x, v: x + a * v, y, k)
+
+
+def increment(f: Callable, y, dt, method: str, k1=None):
+    """The step of dy/dt = f(y) on a pytree y: Euler dt k1, or classical RK4
+    (dt/6)(k1 + 2 k2 + 2 k3 + k4) (local error O(dt^5), global O(dt^4)), where k1 = f(y) unless
+    given and k2 = f(y + (dt/2) k1), k3 = f(y + (dt/2) k2), k4 = f(y + dt k3)."""
+    k1 = f(y) if k1 is None else k1
     if method == "euler":
-        return axpy(y, dt, k1)
-    k2 = f(axpy(y, dt / 2, k1))
-    k3 = f(axpy(y, dt / 2, k2))
-    k4 = f(axpy(y, dt, k3))
-    return jax.tree.map(
-        lambda x, a, b, c, d: x + (dt / 6) * (a + 2 * b + 2 * c + d), y, k1, k2, k3, k4
-    )
+        return jax.tree.map(lambda a: dt * a, k1)
+    k2 = f(_axpy(y, dt / 2, k1))
+    k3 = f(_axpy(y, dt / 2, k2))
+    k4 = f(_axpy(y, dt, k3))
+    return jax.tree.map(lambda a, b, c, d: (dt / 6) * (a + 2 * b + 2 * c + d), k1, k2, k3, k4)
 
 
 def integrate(f: Callable, y0, dt, n_records: int, record_every, method: str, record: Callable):
@@ -73,7 +79,7 @@ def integrate(f: Callable, y0, dt, n_records: int, record_every, method: str, re
 
     def block(carry, _):
         y, m = carry
-        y = lax.fori_loop(0, record_every, lambda _, y: ode_step(f, y, dt, method), y)
+        y = lax.fori_loop(0, record_every, lambda _, y: _axpy(y, 1, increment(f, y, dt, method)), y)
         m = m + record_every
         return (y, m), record(y, dt * m)
 
@@ -81,18 +87,42 @@ def integrate(f: Callable, y0, dt, n_records: int, record_every, method: str, re
     return y, history
 
 
+def rk4(dt) -> optax.GradientTransformationExtraArgs:
+    """Classical RK4 for the gradient flow dθ/dt = -∇f(θ), as an optax transformation.
+
+    The update is -(dt/6)(k1 + 2 k2 + 2 k3 + k4) with k1 the gradient it is given and k2, k3, k4
+    the gradients of ``value_fn`` (f, passed by `ufm.loop`) at the stages θ - (dt/2) k1,
+    θ - (dt/2) k2, θ - dt k3: global error O(dt^4). Euler is ``optax.sgd(dt)``.
+    """
+
+    def init(params):
+        return optax.EmptyState()
+
+    def update(grads, state, params=None, *, value_fn, **extra):
+        grad = jax.grad(value_fn)
+        return increment(lambda p: _negative(grad(p)), params, dt, "rk4", _negative(grads)), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 @partial(jax.jit, static_argnames=("n_records", "method", "stats"))
 def _flow(model, params0, dt, n_records, record_every, method, stats):
-    grad = jax.grad(model.objective)
+    step = optax.sgd(dt) if method == "euler" else rk4(dt)
+    loop = build(model, step, metrics=False)
+    going = int(RESULTS.max_steps)
 
-    def velocity(p):
-        return jax.tree.map(jnp.negative, grad(p))
+    def advance(_, s):
+        return loop.step(s, s.status == going)
 
-    def record(p, t):
-        return {"t": t, "objective": model.objective(p), **stats(model, p, params0)}
+    def block(carry, _):
+        s, m = carry
+        s = lax.fori_loop(0, record_every, advance, s)
+        m = m + record_every
+        return (s, m), {"t": dt * m, "objective": s.value, **stats(model, s.params, params0)}
 
-    p, history = integrate(velocity, params0, dt, n_records, record_every, method, record)
-    return FlowResult(p, history, ~jnp.isfinite(model.objective(p)))
+    init = (loop.init(params0), jnp.zeros((), int))
+    (s, _), history = lax.scan(block, init, None, n_records)
+    return FlowResult(s.params, history, s.status == int(RESULTS.nonfinite))
 
 
 def time_grid(t, dt, record_every) -> tuple[Array, int, Array]:
@@ -118,9 +148,11 @@ def gradient_flow(
 ) -> FlowResult:
     """Integrate the gradient flow dθ/dt = -∇ model.objective(θ) from params0 up to time t.
 
-    Euler (θ <- θ - dt ∇f, i.e. full-batch gradient descent with learning rate dt; error O(dt))
-    or classical RK4 (error O(dt^4)): a `lax.scan` over record blocks, each a `fori_loop` of
-    record_every steps, so only the number of records is compiled in. Works for any model with
+    Euler (θ <- θ - dt ∇f, i.e. full-batch gradient descent with learning rate dt, `optax.sgd`;
+    error O(dt)) or classical RK4 (`rk4`; error O(dt^4)), stepped by the loop of `ufm.loop` (the
+    model's own value_and_grad where it has one, non-finite steps frozen): a `lax.scan` over
+    record blocks, each a `fori_loop` of record_every steps, so only the number of records is
+    compiled in. Works for any model with
     `objective(params)` on a params pytree; jitted, and vmappable over params0 and model leaves.
     Time is that of the model's objective: ufm's losses are means over N = sum_k n_k samples, so a
     flow stated for a summed loss runs N times slower here (docs/theory.md §14).
