@@ -19,8 +19,8 @@ import optax
 import pytest
 
 import ufm
+from ufm.cli.config import ConfigError, read_config
 from ufm.solve import MAX_STEPS, NONFINITE
-from ufm.sweep import ConfigError, read_config
 
 MODEL = ufm.UFM(K=3, d=4, n=2, lam_W=1e-2, lam_H=1e-2, lam_b=1e-2)
 GRID = {"lam_W": [1e-3, 1e-2], "learning_rate": [0.1, 0.3]}
@@ -233,7 +233,7 @@ def test_save_and_load_round_trip(base, tmp_path):
     path = base.save(tmp_path / "sw")
     assert path.endswith(".npz")
     back = ufm.load_sweep(path)
-    assert back.model == MODEL and back.axes == base.axes and back.steps == 20
+    assert back.model == MODEL and back.axes == base.axes and back.max_steps == 20
     for name in ("objective", "grad_norm", "steps_taken", "status", "seeds"):
         np.testing.assert_array_equal(getattr(back, name), getattr(base, name))
     for k in base.metrics:

@@ -64,7 +64,7 @@ def _configured(command: str, config: str):
     import dataclasses
     import os
 
-    from ufm.sweep import ConfigError, read_config
+    from ufm.cli.config import ConfigError, read_config
 
     where = os.path.basename(config)
     try:
@@ -228,8 +228,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _config_schema() -> str:
-    """The TOML schema, from the docstring of `ufm.sweep.read_config`."""
-    from ufm.sweep import read_config
+    """The TOML schema, from the docstring of `ufm.cli.config.read_config`."""
+    from ufm.cli.config import read_config
 
     block = read_config.__doc__.split("::")[1].split("\n\n    Relative")[0]
     return "\n".join(line[4:] for line in block.splitlines())
