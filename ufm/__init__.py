@@ -4,21 +4,25 @@ from ufm import runtime  # first: one JAX CPU device per core, before anything s
 
 # isort: split
 from ufm import dynamics, generalized, geometry, imbalance, label_noise, losses, multilabel, plot
-from ufm.label_noise import NoisyUFM
 from ufm.metrics import nc_metrics
 from ufm.models import (
     UFM,
     ClassLayout,
     DeepParams,
     ExtendedUFM,
+    FixedETFUFM,
     LayerPeeled,
+    MaxMarginUFM,
     Model,
+    MultiLabelUFM,
+    NoisyUFM,
     NormalizedUFM,
     Params,
+    RegressionUFM,
+    SupConUFM,
     leaf,
     static,
 )
-from ufm.multilabel import MultiLabelUFM
 from ufm.runtime import enable_compilation_cache
 from ufm.solve import Result, solve
 from ufm.sweep import Sweep, load_sweep, sweep
@@ -37,6 +41,10 @@ __all__ = [
     "ExtendedUFM",
     "MultiLabelUFM",
     "NoisyUFM",
+    "MaxMarginUFM",
+    "RegressionUFM",
+    "SupConUFM",
+    "FixedETFUFM",
     "Params",
     "DeepParams",
     # solving, sweeping, checking

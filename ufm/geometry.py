@@ -36,7 +36,7 @@ def centering(K: int, dtype=None) -> Array:
 
 
 def etf_gram(K: int, dtype=None) -> Array:
-    """Unit-Frobenius Gram of a simplex ETF, E_K = P/sqrt(K-1) (THEORY.md section 9)."""
+    """Unit-Frobenius Gram of a simplex ETF, E_K = P/sqrt(K-1) (docs/theory.md §9)."""
     return centering(K, dtype) / jnp.sqrt(jnp.asarray(K - 1, dtype=dtype))
 
 

@@ -1,6 +1,7 @@
 """Metrics for more classes than dimensions (K > d+1), where the simplex ETF does not exist and
-generalized neural collapse (Jiang et al., ICML 2024) replaces it: how well the classifiers are
-spread on the sphere (one-vs-rest distance, hyperspherical energy) and how well features align.
+generalized neural collapse (Jiang et al., ICML 2024; docs/theory.md §7) replaces it: how well
+the classifiers are spread on the sphere (one-vs-rest distance, hyperspherical energy) and how
+well features align.
 
 All functions are pure, jit- and vmap-able; classifier rows are normalised to the unit sphere
 first (the geometry of a softmax code is scale-free). Exact values for the regular K-gon and the
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+
+from ufm.metrics.nc import nc1_trace
 
 __all__ = [
     "gnc_metrics",
@@ -118,24 +121,20 @@ def gnc_metrics(H: Array, labels: Array, W: Array, steps: int = 2000) -> dict[st
         (`one_vs_rest_distances`).
       min_pairwise: `min_pairwise_distance` of W.
       energy: `hyperspherical_energy` of W (s = 1).
-      nc1_normalized: tr(Sigma_W)/tr(Sigma_B) of the normalised features h_i/||h_i|| (GNC1).
+      nc1_normalized: `ufm.metrics.nc.nc1_trace` (tr(Sigma_W)/tr(Sigma_B)) of the normalised
+        features h_i/||h_i|| (GNC1).
       self_duality: mean_k (1 - cos(w_k, mu_k - mu_G)), mu the class means of the normalised
         features and mu_G their mean (GNC3).
     """
     K = W.shape[0]
     F = H / jnp.linalg.norm(H, axis=0, keepdims=True)
     Y = jax.nn.one_hot(labels, K, dtype=F.dtype)
-    counts = Y.sum(0)
-    M = (F @ Y) / counts[None, :]
-    mu_G = F.mean(axis=1)
-    within = jnp.sum((F - M @ Y.T) ** 2) / F.shape[1]
-    Mc = M - mu_G[:, None]
-    between = jnp.sum(Mc**2) / K
+    Mc = (F @ Y) / Y.sum(0)[None, :] - F.mean(axis=1)[:, None]  # centred class means
     cos = jnp.sum(W * Mc.T, axis=1) / (jnp.linalg.norm(W, axis=1) * jnp.linalg.norm(Mc, axis=0))
     return {
         "one_vs_rest": jnp.min(one_vs_rest_distances(W, steps)),
         "min_pairwise": min_pairwise_distance(W),
         "energy": hyperspherical_energy(W),
-        "nc1_normalized": within / between,
+        "nc1_normalized": nc1_trace(F, labels, K),
         "self_duality": jnp.mean(1.0 - cos),
     }

@@ -1,6 +1,8 @@
 """Neural-collapse metrics: how far features H and classifier (W, b) are from NC1-NC4.
 
-Every metric of THEORY.md section 8, as scalars, from one-hot matmuls and K x K eigenproblems only.
+Every metric of docs/theory.md §8, as scalars, from one-hot matmuls and K x K eigenproblems only,
+and the two pieces the regime-specific metrics reuse: `nc1_trace` (the within/between trace
+ratio) and `gram_gap` (the distance of a normalised Gram from a target shape).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from jax import Array
 
 from ufm.geometry import etf_gram, orthonormal_basis
 
-__all__ = ["nc_metrics"]
+__all__ = ["gram_gap", "nc1_trace", "nc_metrics"]
 
 _MEANS = ("weighted", "unweighted", "zero")
 _mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)  # no TF32/bf16 passes
@@ -40,7 +42,7 @@ def nc_metrics(
     Mbar); suffix _W: from the classifier rows w_k, never centred. The global mean mu_G is set by
     `mean`: "weighted" mu_G = (1/N) sum_i h_i (Papyan et al.), "unweighted" mu_G = (1/K) sum_k mu_k,
     "zero" mu_G = 0 (uncentred means: the choice that tells an orthogonal frame (OF) from an ETF,
-    since centred OF means form an ETF; THEORY.md section 8, "pitfall").
+    since centred OF means form an ETF; docs/theory.md §8).
 
     Keys (W keys only when W is given, b keys only when b is given):
       nc1: tr(Sigma_W Sigma_B^+)/K (Papyan, Han & Donoho 2020). With G = V diag(lam) V^T and
@@ -157,30 +159,70 @@ def _frame_metrics(X: Array, G: Array, suffix: str) -> dict[str, Array]:
         f"nc2_equinorm_{suffix}": _div(jnp.std(norms), jnp.mean(norms)),
         f"nc2_equiangular_{suffix}": jnp.std(cos),
         f"nc2_maxangle_{suffix}": jnp.mean(jnp.abs(cos + 1 / (K - 1))),
-        f"nc2_{suffix}": _unit_dist(G, etf_gram(K, G.dtype)),
+        f"nc2_{suffix}": gram_gap(G, etf_gram(K, G.dtype)),
         f"nc2_nearest_{suffix}": jnp.sqrt(near2),
     }
 
 
-def _unit_dist(X: Array, E: Array) -> Array:
-    """|| X/||X|| - E ||, Frobenius norms."""
-    return jnp.linalg.norm(_div(X, jnp.linalg.norm(X)) - E)
+def gram_gap(G: Array, target: Array) -> Array:
+    """|| G/||G|| - T/||T|| ||: the distance between the shapes of two Grams (Frobenius norms).
+
+    Scale-free and, for Grams G = X X^T, rotation-invariant; with T = `ufm.geometry.etf_gram(K)`
+    it is the distance from a simplex ETF (nc2, Zhu et al. 2021). NaN when G = 0 or T = 0.
+
+    Args:
+      G, target: (K, K) arrays (any same-shape arrays).
+
+    Returns:
+      A scalar array.
+    """
+    return jnp.linalg.norm(_div(G, jnp.linalg.norm(G)) - _div(target, jnp.linalg.norm(target)))
 
 
-@functools.partial(jax.jit, static_argnames=("K", "mean"))
-def _nc_metrics(H, labels, W, b, rcond, *, K: int, mean: str) -> dict[str, Array]:
-    d, N = H.shape
-    Y = jax.nn.one_hot(labels, K, dtype=H.dtype)  # (N, K)
+def nc1_trace(H: Array, labels: Array, K: int, mean: str = "weighted") -> Array:
+    """tr(Sigma_W)/tr(Sigma_B) of features H with integer labels: the ``nc1_trace`` of
+    `nc_metrics` alone (same notation and `mean` convention; docs/theory.md §8).
+
+    = [(1/N) sum_i ||h_i - mu_{y_i}||^2] / [(1/K) sum_k ||mu_k - mu_G||^2]; 0 at exact
+    within-class collapse, NaN when every class mean equals mu_G.
+
+    Args:
+      H: (d, N) features; labels: (N,) integer classes in [0, K); K: number of classes (>= 2);
+      mean: "weighted", "unweighted" or "zero", as in `nc_metrics`.
+
+    Returns:
+      A scalar array (jit- and vmap-able; K and mean static).
+    """
+    H, labels, _, _, K = _check(H, labels, None, None, K, mean, 0.0)
+    _, _, M, mu_G, R = _class_stats(H, labels, K, mean)
+    return _trace_ratio(R, M - mu_G[:, None])
+
+
+def _class_stats(H, labels, K: int, mean: str):
+    """(Y (N, K) one-hot, counts (K,), class means M (d, K), global mean mu_G (d,), residuals
+    R = H - [mu_{y_i}]_i (d, N))."""
+    Y = jax.nn.one_hot(labels, K, dtype=H.dtype)
     counts = Y.sum(0)
-    M = _mm(H, Y) / counts[None, :]  # class means mu_k, (d, K)
+    M = _mm(H, Y) / counts[None, :]
     if mean == "weighted":
         mu_G = H.mean(1)
     elif mean == "unweighted":
         mu_G = M.mean(1)
     else:
-        mu_G = jnp.zeros((d,), H.dtype)
+        mu_G = jnp.zeros((H.shape[0],), H.dtype)
+    return Y, counts, M, mu_G, H - _mm(M, Y.T)
+
+
+def _trace_ratio(R: Array, Mbar: Array) -> Array:
+    """tr(Sigma_W)/tr(Sigma_B) = (||R||^2/N)/(||Mbar||^2/K), NaN when Mbar = 0."""
+    return _div(jnp.sum(R**2) / R.shape[1], jnp.sum(Mbar**2) / Mbar.shape[1])
+
+
+@functools.partial(jax.jit, static_argnames=("K", "mean"))
+def _nc_metrics(H, labels, W, b, rcond, *, K: int, mean: str) -> dict[str, Array]:
+    d, N = H.shape
+    Y, counts, M, mu_G, R = _class_stats(H, labels, K, mean)
     Mbar = M - mu_G[:, None]
-    R = H - _mm(M, Y.T)  # within-class residuals h_i - mu_{y_i}
     G = _mm(Mbar.T, Mbar)
 
     lam, V = jnp.linalg.eigh(G)  # ascending
@@ -196,7 +238,7 @@ def _nc_metrics(H, labels, W, b, rcond, *, K: int, mean: str) -> dict[str, Array
     off = _offdiag(K)
     out = {
         "nc1": jnp.where(lam[-1] > 0, nc1, jnp.nan),
-        "nc1_trace": _div(jnp.sum(res2) / N, jnp.trace(G) / K),
+        "nc1_trace": _trace_ratio(R, Mbar),
         "cdnv": jnp.mean(_div(Vk[:, None] + Vk[None, :], 2 * D)[off]),
         **_frame_metrics(Mbar, G, "H"),
     }
@@ -206,7 +248,7 @@ def _nc_metrics(H, labels, W, b, rcond, *, K: int, mean: str) -> dict[str, Array
 
     out.update(_frame_metrics(W.T, _mm(W, W.T), "W"))
     out["nc3"] = jnp.sum((_div(W.T, jnp.linalg.norm(W)) - _div(Mbar, jnp.linalg.norm(Mbar))) ** 2)
-    out["nc3_zhu"] = _unit_dist(_mm(W, Mbar), etf_gram(K, H.dtype))
+    out["nc3_zhu"] = gram_gap(_mm(W, Mbar), etf_gram(K, H.dtype))
     logits = _mm(H.T, W.T)  # (N, K)
     ncc = jnp.argmin(jnp.sum(M**2, axis=0)[None, :] - 2 * _mm(H.T, M), axis=1)
 

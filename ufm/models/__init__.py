@@ -3,8 +3,14 @@ hyperparameters are leaves and whose structure (K, d, n, loss, ...) is static.""
 
 from ufm.models._base import ClassLayout, Model, leaf, static
 from ufm.models.extended import DeepParams, ExtendedUFM
+from ufm.models.fixed_etf import FixedETFUFM
+from ufm.models.label_noise import NoisyUFM
 from ufm.models.layer_peeled import LayerPeeled
+from ufm.models.max_margin import MaxMarginParams, MaxMarginUFM
+from ufm.models.multilabel import MultiLabelUFM
 from ufm.models.normalized import NormalizedUFM
+from ufm.models.regression import RegressionUFM
+from ufm.models.supcon import SupConUFM
 from ufm.models.ufm import UFM, Params
 
 __all__ = [
@@ -18,4 +24,11 @@ __all__ = [
     "NormalizedUFM",
     "ExtendedUFM",
     "DeepParams",
+    "MultiLabelUFM",
+    "NoisyUFM",
+    "MaxMarginUFM",
+    "MaxMarginParams",
+    "RegressionUFM",
+    "SupConUFM",
+    "FixedETFUFM",
 ]

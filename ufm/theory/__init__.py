@@ -5,8 +5,23 @@ its own submodule, and importing the submodule registers them. `check(model, par
 parameters with the optimum.
 """
 
-from ufm.theory import extended, generalized, layer_peeled, normalized, regularized
+from ufm.theory import (
+    extended,
+    fixed_etf,
+    generalized,
+    imbalance,
+    label_noise,
+    layer_peeled,
+    max_margin,
+    multilabel,
+    normalized,
+    regression,
+    regularized,
+    supcon,
+)
 from ufm.theory._base import CheckReport, NoClosedForm, Optimum, check, optimum
 
 __all__ = ["CheckReport", "NoClosedForm", "Optimum", "check", "optimum"]
-__all__ += ["extended", "generalized", "layer_peeled", "normalized", "regularized"]
+__all__ += ["extended", "generalized", "imbalance", "label_noise", "layer_peeled", "multilabel"]
+__all__ += ["normalized", "regularized"]
+__all__ += ["fixed_etf", "max_margin", "regression", "supcon"]

@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from ufm.metrics.nc import gram_gap
+
 
 class NoClosedForm(ValueError):
     """Theory gives no closed-form optimum for this model (the message says why)."""
@@ -29,12 +31,8 @@ def optimum(model) -> Optimum:
 
 
 def _gram_gap(X, X_star) -> float:
-    """|| X X^T/||X X^T||_F - X* X*^T/||X* X*^T||_F ||_F: rotation-invariant shape distance."""
-    G, G_star = X @ X.T, X_star @ X_star.T
-    nG, nS = np.linalg.norm(G), np.linalg.norm(G_star)
-    if nS == 0 or nG == 0:
-        return math.nan
-    return float(np.linalg.norm(G / nG - G_star / nS))
+    """`gram_gap` of X X^T and X* X*^T: the rotation-invariant shape distance, NaN at 0."""
+    return float(gram_gap(X @ X.T, X_star @ X_star.T))
 
 
 def _norm(x) -> float:

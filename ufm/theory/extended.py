@@ -1,11 +1,11 @@
-"""Closed-form optima of the extended / deep UFM with MSE (THEORY.md section 5; Dang et al. 2023).
+"""Closed-form optima of the extended / deep UFM with MSE (docs/theory.md §5; Dang et al. 2023).
 
-Deep linear, m = depth + 1 factors, Lam = (lam_H prod_l lam_l)^{1/m}. By Tool A the penalty of
-the product Z = W_L ... W_1 H is (m/2) Lam sum_j sigma_j(Z)^{2/m}, and by von Neumann's trace
-inequality Z shares its singular vectors with the target T: T = Y without bias, T = Y(I - 11^T/N)
-with a free bias (then b = (n_k/N)_k and the features are centred). Each kept singular value
-sigma of T (the min(d, rank T) largest) becomes s = sigma t with t the global minimiser over
-[0, 1] of
+Deep linear, m = depth + 1 factors, Lam = (lam_H prod_l lam_l)^{1/m}. By the factor reduction
+(§0.1) the penalty of the product Z = W_L ... W_1 H is (m/2) Lam sum_j sigma_j(Z)^{2/m}, and by
+von Neumann's trace inequality Z shares its singular vectors with the target T: T = Y without
+bias, T = Y(I - 11^T/N) with a free bias (then b = (n_k/N)_k and the features are centred).
+Each kept singular value sigma of T (the min(d, rank T) largest) becomes s = sigma t with t the
+global minimiser over [0, 1] of
     g(t) = (1 - t)^2 + m beta t^{2/m},   beta = N Lam sigma^{2/m - 2},
 and contributes sigma^2 g(t)/(2N) to f*; a dropped one contributes sigma^2/(2N). Balanced:
 sigma = sqrt(n), beta = K (n lam_H prod lam_l)^{1/m}, f* = K min g/(2K) (no bias: an orthogonal
@@ -104,7 +104,7 @@ def _deep_linear(model: ExtendedUFM, lam_H: float, lams: list[float]) -> Optimum
     T_sq = N - (float(np.sum(counts**2)) / N if model.bias else 0.0)  # ||T||_F^2
     # kept sigma_j contribute sigma_j^2 g_j/(2N); the rest of ||T||^2 is left unfitted
     value = float((np.sum(sigma**2 * g) + T_sq - np.sum(sigma**2)) / (2 * N))
-    # balanced factors (Tool A): factor i has singular values a_i = sqrt(Lam/lam_i) s^{1/m}
+    # balanced factors (docs/theory.md §0.1): factor i has singular values sqrt(Lam/lam_i) s^{1/m}
     r = len(sigma)
     E = np.eye(d, r)
 
@@ -155,7 +155,7 @@ def _(model: ExtendedUFM) -> Optimum:
             raise NoClosedForm(
                 "no closed form is known for deep UFMs with CE (depth >= 2): the Schatten "
                 "quasi-norm penalty is not convex, and deep NC is not optimal in general "
-                "(Garrod & Keating 2025, THEORY 5)"
+                "(Garrod & Keating 2025, docs/theory.md §5)"
             )
         raise NoClosedForm(
             "deep MSE closed forms cover no bias or a free bias (lam_b = 0) only, got "
@@ -165,12 +165,12 @@ def _(model: ExtendedUFM) -> Optimum:
         if model.bias or not model.balanced or d < K:
             raise NoClosedForm(
                 "the ReLU deep UFM optimum is known only without bias, with balanced counts and "
-                f"d >= K (got bias={model.bias}, n={model.n}, d={d}, K={K}; THEORY 5)"
+                f"d >= K (got bias={model.bias}, n={model.n}, d={d}, K={K}; docs/theory.md §5)"
             )
         if L > 2 and K > 2:
             raise NoClosedForm(
                 f"deep NC is not optimal in the ReLU deep UFM beyond two layers and two classes "
                 f"(Sukenik, Lampert & Mondelli 2024; got depth={L}, K={K}): lower-rank solutions "
-                "can win, so the deep-linear value is only an upper bound (THEORY 5)"
+                "can win, so the deep-linear value is only an upper bound (docs/theory.md §5)"
             )
     return _deep_linear(model, lam_H, lams)

@@ -1,7 +1,7 @@
 """More classes than dimensions, K > d+1 (Jiang et al. 2024, "generalized neural collapse";
-THEORY.md section 7): the few exactly checkable configurations, and plain statements of the rest.
+docs/theory.md §7): the few exactly checkable configurations, and plain statements of the rest.
 
-Known (numerically verified in THEORY 7; not proven in general, to our knowledge):
+Known (numerically verified in §7; not proven in general, to our knowledge):
 * regularised CE-UFM without bias, d = 2: the regular K-gon, h_k = sqrt(lam_W/(n lam_H)) w_k, with
   the scale from the 1-D convex problem min_rho log sum_j exp(rho(cos(2 pi j/K) - 1)) + K c rho
   (with a bias it is NOT optimal: the bias is an extra feature coordinate);
@@ -115,9 +115,9 @@ def ufm_low_dim(model: UFM, lam_W: float, lam_H: float) -> Optimum:
     if d != 2:
         raise NoClosedForm(
             f"no closed form is known for the regularised CE-UFM with d < K-1 and d != 2 (K={K}, "
-            f"d={d}; THEORY 7). Known: for d = 2 the regular K-gon (numerically, not proven); in "
-            "general the optimum is no simplex ETF, the ETF value is only a lower bound, and "
-            "several starts are needed (spurious local minima exist when d < K-1)."
+            f"d={d}; docs/theory.md §7). Known: for d = 2 the regular K-gon (numerically, not "
+            "proven); in general the optimum is no simplex ETF, the ETF value is only a lower "
+            "bound, and several starts are needed (spurious local minima exist when d < K-1)."
         )
     c = math.sqrt(n * lam_W * lam_H)
     rho, value = polygon_ufm_scale(K, c)

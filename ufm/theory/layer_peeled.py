@@ -1,9 +1,9 @@
-"""Closed-form optima of the layer-peeled model (THEORY.md section 4).
+"""Closed-form optima of the layer-peeled model (docs/theory.md §4).
 
-CE, balanced, d >= K-1 (Fang et al. 2021, Thm 1; value derived in THEORY 4): both budgets bind,
+CE, balanced, d >= K-1 (Fang et al. 2021, Thm 1; value derived in §4): both budgets bind,
 W rows form a simplex ETF with ||w_k||^2 = E_W and h_{k,i} = sqrt(E_H/E_W) w_k, and
     f* = log(1 + (K-1) exp(-K sqrt(E_W E_H)/(K-1))),
-the sphere value (THEORY 3) at 1/tau = sqrt(E_W E_H).
+the sphere value (§3) at 1/tau = sqrt(E_W E_H).
 
 MSE (derived): {W H : ||W||^2 <= K E_W, ||H||^2 <= N E_H, rank <= d} is the nuclear-norm ball of
 radius R = sqrt(K E_W N E_H) (rank <= d), so the optimum is the Euclidean projection of Y onto it:
@@ -76,13 +76,14 @@ def _(model: LayerPeeled) -> Optimum:
     if not model.balanced:
         raise NoClosedForm(
             "the CE layer-peeled model with imbalanced counts has no closed-form optimum "
-            "(THEORY 4): Fang et al. prove minority collapse only as n_A/n_B -> infinity; the "
-            "exact threshold R_0 is a 1-D root-find through the KKT multipliers, not a closed form"
+            "(docs/theory.md §4.3): Fang et al. prove minority collapse only as n_A/n_B -> "
+            "infinity; the exact threshold R_0 is a 1-D root-find through the KKT multipliers, "
+            "not a closed form"
         )
     if d < K - 1:
         raise NoClosedForm(
             f"the CE layer-peeled optimum is known for d >= K-1 only, got d={d}, K={K}: for "
-            "K > d+1 the ETF value is a strict lower bound (THEORY 7)"
+            "K > d+1 the ETF value is a strict lower bound (docs/theory.md §7)"
         )
     value = sphere_ce_value(K, math.sqrt(E_W * E_H))
     return Optimum(value, etf_params(K, d, model.counts, math.sqrt(E_W), math.sqrt(E_H)))

@@ -1,11 +1,11 @@
-"""Closed-form optimum of the normalized-feature UFM (THEORY.md sections 3 and 7).
+"""Closed-form optimum of the normalized-feature UFM (docs/theory.md §3 and §7).
 
 CE on the sphere, balanced, d >= K-1 (Yaras et al. 2022: only global minimisers are NC; value
-derived in THEORY 3), with 1/tau_eff = r_W r_H / tau:
+derived in §3), with 1/tau_eff = r_W r_H / tau:
     f* = log(1 + (K-1) exp(-K / ((K-1) tau_eff))),
 attained by W rows a simplex ETF of radius r_W and h_{k,i} = (r_H/r_W) w_k
 (margin K/((K-1) tau_eff)).
-For K > d+1 the ETF value is a strict lower bound and no general closed form is known (THEORY 7).
+For K > d+1 the ETF value is a strict lower bound and no general closed form is known (§7).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _too_many_classes(model: NormalizedUFM, inv_tau: float) -> NoClosedForm:
     K, d = model.K, model.d
     bound = sphere_ce_value(K, inv_tau)
     return NoClosedForm(
-        f"no closed form is known for K > d+1 (K={K}, d={d}; THEORY 7, Jiang et al. 2024 "
+        f"no closed form is known for K > d+1 (K={K}, d={d}; docs/theory.md §7, Jiang et al. 2024 "
         f"'generalized neural collapse'). Known: the ETF value log(1+(K-1)exp(-K/((K-1)tau_eff)))"
         f" = {bound:.6g} is a strict lower bound; for small tau the classifiers maximise the "
         "minimum one-vs-rest distance (softmax codes) and features align with them (under "
@@ -59,12 +59,13 @@ def _(model: NormalizedUFM) -> Optimum:
     inv_tau = r_W * r_H / tau
     if model.loss != "ce":
         raise NoClosedForm(
-            f"the sphere optimum is known for loss='ce' only (THEORY 3), got loss={model.loss!r}"
+            "the sphere optimum is known for loss='ce' only (docs/theory.md §3), "
+            f"got loss={model.loss!r}"
         )
     if not model.balanced:
         raise NoClosedForm(
             "the sphere optimum is known for balanced counts only: the ETF argument averages "
-            f"over classes with equal weights (THEORY 3), got n={model.n}"
+            f"over classes with equal weights (docs/theory.md §3), got n={model.n}"
         )
     if d < K - 1:
         raise _too_many_classes(model, inv_tau)

@@ -1,6 +1,6 @@
-"""Closed-form optima of the regularised UFM (THEORY.md sections 1, 2, 4); c = sqrt(n lam_W lam_H).
+"""Closed-form optima of the regularised UFM (docs/theory.md §1, §2, §4); c = sqrt(n lam_W lam_H).
 
-CE, balanced, d >= K-1 (Zhu et al. 2021; value derived in THEORY 1): with q = (K-1)c,
+CE, balanced, d >= K-1 (Zhu et al. 2021; value derived in §1): with q = (K-1)c,
     Kc >= 1: W = H = 0, f* = log K;
     else:    f* = -q log q - (1-q) log(1-q) + q log(K-1), margin s* = log((1-q)/c),
              W rows a simplex ETF with ||w_k||^2 = rho* sqrt(n lam_H/lam_W), rho* = (K-1)s*/K,
@@ -11,7 +11,7 @@ values sqrt(n_k) of Y at N mu, mu = sqrt(lam_W lam_H), keeping the min(d, K) lar
     survivors form an orthogonal frame with ||w_k||^2 = (lam_H/lam_W)^{1/2}(sqrt(n_k) - N mu).
 MSE with free bias (Zhou et al. 2022), balanced, d >= K-1: b = 1/K, W W^T = sqrt(n lam_H/lam_W)
     (1-Kc)_+ P (an ETF), f* = (K-1)(c - Kc^2/2) if Kc < 1 else (K-1)/(2K).
-MSE with regularised bias lam_b > 0, balanced: the three regimes of THEORY 2(c).
+MSE with regularised bias lam_b > 0, balanced: the three regimes of docs/theory.md §2.3.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _frame(d: int, r: int) -> np.ndarray:
 
 
 def _features(model: UFM, W: np.ndarray, lam_W: float, lam_H: float) -> np.ndarray:
-    """H with h_{k,i} = sqrt(lam_W / (n_k lam_H)) w_k, the balanced factor of Tool A."""
+    """H with h_{k,i} = sqrt(lam_W / (n_k lam_H)) w_k, the balanced factor of §0.1."""
     counts = np.asarray(model.counts, dtype=float)
     scale = np.sqrt(lam_W / (counts * lam_H))
     return np.repeat((W * scale[:, None]).T, model.counts, axis=1)
@@ -61,10 +61,10 @@ def _ce(model: UFM, lam_W: float, lam_H: float) -> Optimum:
     K, d, n = model.K, model.d, model.n
     if not model.balanced:
         raise NoClosedForm(
-            "CE with imbalanced counts has no closed-form optimum (minority collapse, THEORY 4: "
-            "only the threshold n_B <= N^2 lam_W lam_H is exact)"
+            "CE with imbalanced counts has no closed-form optimum (minority collapse, "
+            "docs/theory.md §4.4: only the threshold n_B <= N^2 lam_W lam_H is exact)"
         )
-    if d < K - 1:  # K > d+1: the regular K-gon for d = 2, else NoClosedForm (THEORY 7)
+    if d < K - 1:  # K > d+1: the regular K-gon for d = 2, else NoClosedForm (§7)
         from ufm.theory.generalized import ufm_low_dim
 
         return ufm_low_dim(model, lam_W, lam_H)
@@ -74,7 +74,7 @@ def _ce(model: UFM, lam_W: float, lam_H: float) -> Optimum:
 
 def _etf_optimum(model: UFM, lam_W: float, lam_H: float, s: float, value: float) -> Optimum:
     """The NC optimum with margin s: W rows a simplex ETF with ||w_k||^2 = rho sqrt(n lam_H/lam_W),
-    rho = (K-1)s/K, h_{k,i} = sqrt(lam_W/(n lam_H)) w_k, b = 0 (THEORY 1; shared by CE, LS, FL)."""
+    rho = (K-1)s/K, h_{k,i} = sqrt(lam_W/(n lam_H)) w_k, b = 0 (§1; shared by CE, LS, FL)."""
     K, d, n = model.K, model.d, model.n
     rho = (K - 1) * s / K
     M = _frame(d, K - 1) @ np.asarray(orthonormal_basis(K)).T * math.sqrt(K / (K - 1))  # (d, K)
@@ -82,7 +82,7 @@ def _etf_optimum(model: UFM, lam_W: float, lam_H: float, s: float, value: float)
     return Optimum(value, _as_params(model, W, _features(model, W, lam_W, lam_H), 0.0))
 
 
-# --- label smoothing and focal loss (Zhou et al., NeurIPS 2022; THEORY.md section 6) -------------
+# --- label smoothing and focal loss (Zhou et al., NeurIPS 2022; docs/theory.md §6) -------------
 def ls_margin(K: int, c: float, alpha: float) -> float:
     """Optimal margin of label-smoothed CE on the ETF: s* = log((K-1)(1-p)/p) with
     p = (K-1)(Kc+alpha)/K; 0 (the zero solution) when Kc + alpha >= 1.
@@ -119,7 +119,7 @@ def _focal_terms(K: int, s: float, gamma: float) -> tuple[float, float]:
 def focal_margin(K: int, c: float, gamma: float, grid: int = 4096) -> tuple[float, float]:
     """(s*, f*) of the balanced focal-loss UFM (d >= K-1) by its exact 1-D reduction.
 
-    On the ETF with margin s the objective is phi(s) = FL(s) + (K-1)c s (THEORY 6), which may be
+    On the ETF with margin s the objective is phi(s) = FL(s) + (K-1)c s (§6), which may be
     non-convex. Every minimiser lies in [0, s_max] with s_max = log(K-1) +
     log((1+gamma)/((K-1)c))/(1+gamma): there (1+gamma)(1-P)^{1+gamma} < (K-1)c, and
     |dFL/ds| <= (1+gamma)(1-P)^{1+gamma} because P|log P| <= 1-P, so phi' > 0 beyond it.
@@ -150,17 +150,17 @@ def focal_value(K: int, c: float, gamma: float) -> float:
     return focal_margin(K, c, gamma)[1]
 
 
-# --- imbalance (Hong & Ling 2023; THEORY.md section 4) ------------------------------------------
+# --- imbalance (Hong & Ling 2023; docs/theory.md §4) ------------------------------------------
 def hong_ling_threshold(N: int, lam_W: float, lam_H: float) -> float:
     """The minority-collapse threshold of the regularised CE-UFM: minority classes of n_B samples
     collapse (all their classifiers equal, all their class means equal) iff n_B <= N^2 lam_W lam_H,
-    N the total number of samples (Hong & Ling 2023, two-group case; THEORY 4).
+    N the total number of samples (Hong & Ling 2023, two-group case; §4).
 
     The same number is the class-vanishing threshold of the MSE-UFM without bias: class k gets
     w_k = 0 and mean feature 0 iff n_k <= N^2 lam_W lam_H (soft-thresholding of sqrt(n_k) at
     N sqrt(lam_W lam_H)). Derivation of the CE statement: at a collapsed point the block of the
     CE gradient (1/N)(softmax - Y) that separates minority classes is -(1/N) times the minority
-    rows of Y, of operator norm sqrt(n_B)/N; the nuclear-norm certificate of Tool A holds iff it
+    rows of Y, of operator norm sqrt(n_B)/N; the nuclear-norm certificate (§0.1) holds iff it
     is <= sqrt(lam_W lam_H).
     """
     return N * N * lam_W * lam_H
