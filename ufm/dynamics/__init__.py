@@ -3,15 +3,28 @@
 - `le_sde`: the locally elastic SDE of Zhang, Wang & Su (2021), its Euler–Maruyama simulation and
   a compiled sweep over the impacts (docs/theory.md §13).
 - `flows`: gradient flow on any ufm model (Euler or RK4), with NC statistics recorded (§14).
+- `central_path`: Han, Papyan & Donoho's central path of the MSE UFM (the classifier always the
+  ridge optimum for the features, the renormalised features on a gradient flow), and how far plain
+  gradient descent strays from it (§14.2).
 - `laws`: the closed forms these are checked against: LE-ODE modes and margins, Mixon, Parshall &
-  Pi's logistic eigenvalues (§14.1), Ji et al.'s margin law (§14.3), and the starts on which
-  they hold exactly.
+  Pi's logistic eigenvalues (§14.1), the central-path law of the signal-to-noise singular values
+  (§14.2), Ji et al.'s margin law (§14.3), and the starts on which they hold exactly.
 
 The statistics recorded along the way are pure functions of arrays in `ufm.metrics.dynamics`.
 """
 
+from ufm.dynamics.central_path import (
+    CentralPathResult,
+    central_path,
+    central_path_gap,
+    renormalize,
+    ridge_classifier,
+)
 from ufm.dynamics.flows import FlowResult, flow_stats, gradient_flow
 from ufm.dynamics.laws import (
+    central_path_law,
+    central_path_loss,
+    central_path_omega,
     estimate_impacts,
     euler_factor,
     impact_integrals,
@@ -52,4 +65,12 @@ __all__ = [
     "ulpm_margin_law",
     "ulpm_margin",
     "ulpm_max_normalized_margin",
+    "CentralPathResult",
+    "central_path",
+    "central_path_gap",
+    "central_path_law",
+    "central_path_loss",
+    "central_path_omega",
+    "renormalize",
+    "ridge_classifier",
 ]

@@ -4,7 +4,8 @@ LE-ODE (the LE-SDE without noise; docs/theory.md §13.4): impact integrals, mode
 factors, the CE margin law on the simplex-ETF manifold, and the authors' impact estimators.
 Gradient flow on the UFM (§14): Mixon, Parshall & Pi's logistic eigenvalues on their invariant
 subspace (MSE with free bias, §14.1) and Ji et al.'s margin law on the ETF manifold (CE without
-bias, §14.3).
+bias, §14.3), and the law of the signal-to-noise singular values on Han, Papyan & Donoho's central
+path (MSE, §14.2).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ __all__ = [
     "ulpm_margin_law",
     "ulpm_margin",
     "ulpm_max_normalized_margin",
+    "central_path_law",
+    "central_path_omega",
+    "central_path_loss",
 ]
 
 
@@ -262,3 +266,41 @@ def ulpm_max_normalized_margin(n: int, K: int) -> float:
     """gamma* = 1/((K-1) sqrt(n)): the largest min-margin / (½(||W||² + ||H||²)) of the balanced,
     bias-free UFM, reached exactly by neural collapse (Ji et al. 2022; docs/theory.md §14.3)."""
     return 1.0 / ((K - 1) * np.sqrt(n))
+
+
+# --- the central path (MSE, Han, Papyan & Donoho) -----------------------------------------------
+
+
+def central_path_loss(omega, K: int) -> Array:
+    """The MSE-UFM objective on the central path, (1/(2K)) sum_j 1/(1 + omega_j^2), from the
+    signal-to-noise singular values omega (..., K-1) (docs/theory.md §14.2)."""
+    return jnp.sum(1.0 / (1.0 + omega**2), -1) / (2 * K)
+
+
+def central_path_law(omega) -> Array:
+    """F(omega) = log omega + omega^2 + omega^4/4, which the renormalised central-path flow
+    advances at the constant rate 1/(K^2 n (1 + lam_W)) (`ufm.dynamics.central_path`, §14.2).
+
+    From omega' = omega/(K^2 n (1 + lam_W) (1 + omega^2)^2): F'(omega) = (1 + omega^2)^2/omega.
+    """
+    return jnp.log(omega) + omega**2 + omega**4 / 4
+
+
+def central_path_omega(t, omega0, K: int, n: int, lam_W=0.0) -> Array:
+    """omega_j(t) on the central path from omega_j(0) = omega0 > 0: inverts `central_path_law`,
+
+        F(omega(t)) = F(omega0) + t/(K^2 n (1 + lam_W)),
+
+    so omega ~ (4t/(K^2 n (1 + lam_W)))^{1/4} and NC1 = sum_j 1/((1 + lam_W) omega_j^2)/K tends
+    to (K-1) sqrt(n)/(2 sqrt((1 + lam_W) t)). Jitted; t and omega0 broadcast.
+    """
+    return _central_path_omega(strong(t), strong(omega0), strong(lam_W), K, n)
+
+
+@partial(jax.jit, static_argnames=("K", "n"))
+def _central_path_omega(t, omega0, lam_W, K: int, n: int) -> Array:
+    omega0 = jnp.asarray(omega0, jnp.result_type(float))
+    y = central_path_law(omega0) + t / (K**2 * n * (1.0 + lam_W))
+    u0 = jnp.log(omega0)  # solve in log omega: u + e^{2u} + e^{4u}/4 increases on all of R
+    u = invert_increasing(lambda u: central_path_law(jnp.exp(u)), y, u0 - 1.0, u0 + 1.0)
+    return jnp.exp(u)

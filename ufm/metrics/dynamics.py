@@ -24,6 +24,7 @@ __all__ = [
     "spread",
     "le_metrics",
     "flow_metrics",
+    "snr_singular_values",
 ]
 
 
@@ -147,3 +148,30 @@ def flow_metrics(
         C0 = W0.T @ W0 - H0 @ H0.T
         out["balance_drift"] = jnp.linalg.norm(W.T @ W - H @ H.T - C0)
     return out
+
+
+def snr_singular_values(H: Array, labels: Array, K: int, lam: float | Array = 0.0) -> Array:
+    """Singular values of the signal-to-noise matrix (Sigma_W + lam I)^{-1/2} Mbar/sqrt(K).
+
+    Mbar (d, K) holds the class means minus the global mean (weighted, as in `nc_metrics`),
+    Sigma_W the within-class covariance. On the MSE central path (Han, Papyan & Donoho 2022) the
+    loss with the optimal (ridge lam) classifier and free bias is (1/(2K)) sum_j 1/(1 + omega_j^2)
+    over these values (docs/theory.md §14.2). Sigma_W + lam I must be invertible.
+
+    Args:
+      H: (d, N) features. labels: (N,) classes in [0, K). K: number of classes.
+      lam: ridge (>= 0) added to Sigma_W.
+    Returns:
+      (min(d, K-1),) singular values, largest first (balanced classes: Mbar 1 = 0, so at most K-1
+      are nonzero).
+    """
+    d, N = H.shape
+    Y = jax.nn.one_hot(labels, K, dtype=H.dtype)
+    M = (H @ Y) / Y.sum(0)[None, :]
+    R = H - M @ Y.T
+    Mbar = M - H.mean(1, keepdims=True)
+    L = jnp.linalg.cholesky(R @ R.T / N + lam * jnp.eye(d, dtype=H.dtype))
+    A = jax.scipy.linalg.solve_triangular(
+        L, Mbar, lower=True
+    )  # singular values of Sigma^{-1/2} Mbar
+    return jnp.linalg.svd(A, compute_uv=False)[: min(d, K - 1)] / jnp.sqrt(K)
