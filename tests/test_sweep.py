@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -203,6 +204,22 @@ def test_resume_after_sigkill_is_identical(tmp_path, resume_module):
     np.testing.assert_array_equal(again.objective, fresh.objective)
 
 
+def test_unreadable_checkpoint_chunk_is_named_and_recomputed(tmp_path, resume_module):
+    """A chunk file cut short (a disk that filled up, a copy interrupted) is reported by name and
+    its chunk recomputed; the results equal an uninterrupted sweep's."""
+    _, mod = resume_module
+    ckpt = tmp_path / "ckpt"
+    fresh = mod.run(str(ckpt))
+    data = (ckpt / "chunk-000001.npz").read_bytes()
+    (ckpt / "chunk-000001.npz").write_bytes(data[: len(data) // 2])
+    with pytest.warns(RuntimeWarning, match=r"chunk-000001\.npz is unreadable"):
+        again = mod.run(str(ckpt))
+    assert again.meta["resumed_chunks"] == 3
+    np.testing.assert_array_equal(again.objective, fresh.objective)
+    for k in fresh.history:
+        np.testing.assert_array_equal(again.history[k], fresh.history[k])
+
+
 def test_checkpoint_of_another_sweep_is_refused(tmp_path, resume_module):
     _, mod = resume_module
     ckpt = tmp_path / "ckpt"
@@ -245,6 +262,24 @@ def test_save_and_load_round_trip(base, tmp_path):
     assert meta["optimizer"].startswith("optax") and meta["config"]["seeds"] == [0, 1]
     with np.load(path, allow_pickle=False) as z:  # an open format: plain arrays and JSON
         assert json.loads(str(z["meta.json"]))["model"]["class"] == "ufm.models.ufm.UFM"
+    assert back.tol is None and back.max_steps == base.max_steps == 20
+    with pytest.warns(DeprecationWarning, match="renamed Sweep.max_steps"):
+        assert base.steps == 20  # the budget's old name, for one release
+
+
+def test_load_of_a_truncated_or_foreign_file_names_it(base, tmp_path):
+    path = base.save(tmp_path / "sw")
+    data = Path(path).read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.npz is not a readable ufm sweep file"):
+        ufm.load_sweep(cut)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros(3))
+    with pytest.raises(ValueError, match=r"other\.npz is not a readable ufm sweep file"):
+        ufm.load_sweep(other)
+    with pytest.raises(FileNotFoundError):
+        ufm.load_sweep(tmp_path / "missing.npz")
 
 
 def test_records_and_summary(base):

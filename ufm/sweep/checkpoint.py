@@ -95,7 +95,7 @@ class Checkpoint:
         if not os.path.exists(path):
             return None
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
                 out = {name: z[name] for name in z.files}
             span = int(out.pop("__start")), int(out.pop("__stop"))
         except Exception as e:  # noqa: BLE001 - any unreadable file is recomputed

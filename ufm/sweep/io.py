@@ -73,7 +73,7 @@ def save_sweep(sw: Sweep, path: str | os.PathLike) -> str:
 def _read(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(arrays, metadata) of a sweep file; ValueError naming the file when it is not one."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
         meta = json.loads(str(data.pop("meta.json")))
     except FileNotFoundError:
