@@ -3,7 +3,17 @@
 from ufm import runtime  # first: one JAX CPU device per core, before anything starts JAX
 
 # isort: split
-from ufm import dynamics, generalized, geometry, imbalance, label_noise, losses, multilabel, plot
+from ufm import (
+    dynamics,
+    generalized,
+    geometry,
+    imbalance,
+    label_noise,
+    loop,
+    losses,
+    multilabel,
+    plot,
+)
 from ufm.metrics import nc_metrics
 from ufm.models import (
     UFM,
@@ -26,7 +36,17 @@ from ufm.models import (
 from ufm.runtime import enable_compilation_cache
 from ufm.solve import Result, solve
 from ufm.sweep import Sweep, load_sweep, sweep
-from ufm.theory import CheckReport, NoClosedForm, Optimum, check, optimum
+from ufm.theory import (
+    Certificate,
+    CheckReport,
+    ConvexForm,
+    NoCertificate,
+    NoClosedForm,
+    Optimum,
+    certify,
+    check,
+    optimum,
+)
 
 __all__ = [
     # the model protocol
@@ -58,6 +78,10 @@ __all__ = [
     "NoClosedForm",
     "check",
     "CheckReport",
+    "certify",
+    "Certificate",
+    "NoCertificate",
+    "ConvexForm",
     "nc_metrics",
     "enable_compilation_cache",
     # modules
@@ -67,6 +91,7 @@ __all__ = [
     "geometry",
     "imbalance",
     "label_noise",
+    "loop",
     "losses",
     "multilabel",
     "plot",

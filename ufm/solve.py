@@ -25,7 +25,6 @@ __all__ = [
 ]
 
 CONVERGED, MAX_STEPS, NONFINITE = (int(r) for r in RESULTS)
-STATUS_NAMES = {int(r): r.name for r in RESULTS}  # code -> "converged", "max_steps", "nonfinite"
 
 
 class Result(NamedTuple):
