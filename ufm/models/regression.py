@@ -16,7 +16,15 @@ import numpy as np
 from jax import Array
 
 from ufm.metrics.regression import nrc_metrics
-from ufm.models._base import Model, frobenius_sq, int_check, is_concrete, leaf, static
+from ufm.models._base import (
+    Model,
+    check_real,
+    frobenius_sq,
+    int_check,
+    is_concrete,
+    leaf,
+    static,
+)
 from ufm.models.ufm import Params
 
 __all__ = ["RegressionUFM"]
@@ -25,19 +33,13 @@ __all__ = ["RegressionUFM"]
 def _targets_check(name: str, value):
     """A field check for the targets: a finite real (K, N) array with K >= 1 and N >= 2 (tracers
     pass unchanged)."""
-    if not is_concrete(value):
-        return value
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real (K, N) array, got {name}={value!r}") from None
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 2:
+    value = check_real(name, value, -np.inf)
+    shape = np.shape(value)
+    if is_concrete(value) and (len(shape) != 2 or shape[0] < 1 or shape[1] < 2):
         raise ValueError(
             f"{name} must be a (K, N) array of targets (one column per sample, K >= 1, N >= 2), "
-            f"got {name} with shape {arr.shape}"
+            f"got {name} with shape {shape}"
         )
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite, got non-finite entries in {name}")
     return value
 
 
