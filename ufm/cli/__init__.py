@@ -196,7 +196,7 @@ def _check(args: argparse.Namespace) -> int:
         try:
             report = ufm.check(model, params)
         except ufm.NoClosedForm as e:
-            print(f"no closed form to compare with: {e}")
+            print(f"no closed form or certificate to compare with: {e}")
             continue
         print(report.table())
         worst = max(worst, report.max_gap())
@@ -303,10 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_run)
     c = sub.add_parser(
         "check",
-        help="compare a saved run (or sweep with parameters) with the closed-form optimum",
+        help="compare a saved run (or sweep with parameters) with the global optimum",
         description="Load a file written by `ufm run` (or `Sweep.save` with keep_params=True) "
-        "and print, for every run, the theory-vs-simulation table of `ufm.check`. Exit code 1 "
-        "if a gap exceeds --gap-tol.",
+        "and print, for every run, the theory-vs-simulation table of `ufm.check`: against the "
+        "closed-form optimum where one is known, else a certified optimum (`ufm.certify`, whose "
+        "duality gap the table's first line reports). Exit code 1 if a gap exceeds --gap-tol.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     c.add_argument("result", help="the .npz file")

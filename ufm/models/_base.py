@@ -27,6 +27,16 @@ The protocol (what ufm calls; only ``init`` and ``objective`` are required):
                                              or retraction applied after every update
     value_and_grad(params) -> (f, grad)      a hand-derived gradient (default: autodiff)
     default_optimizer() -> optax transform   the optimizer `solve` uses when given none
+    convex_form() -> ufm.ConvexForm          the objective as a convex problem in the logits
+                                             Z = W H (for `ufm.certify`)
+
+A model whose parameters are ``ufm.Params`` (W, H, b) and whose loss is a convex function of the
+logit matrix W H + b 1^T can expose it with ``convex_form()``: a `ufm.ConvexForm` giving the loss
+("ce": m lse(z) - <t, z> with targets t >= 0, or "mse"), one target column and weight per group of
+exchangeable samples (atoms), the metric R of its feature penalty ||H R||^2, the weights or budgets
+of ||W||^2 and ||H R||^2, and the bias. `ufm.certify` then solves the equivalent nuclear-norm
+problem to a duality gap and returns a certified global optimum (docs/theory.md §15-§16);
+`ufm.check` uses it when no closed form is known.
 
 A minimal model::
 

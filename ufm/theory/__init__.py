@@ -20,8 +20,10 @@ from ufm.theory import (
     supcon,
 )
 from ufm.theory._base import CheckReport, NoClosedForm, Optimum, check, optimum
+from ufm.theory.certify import Certificate, ConvexForm, NoCertificate, certify
 
 __all__ = ["CheckReport", "NoClosedForm", "Optimum", "check", "optimum"]
 __all__ += ["extended", "generalized", "imbalance", "label_noise", "layer_peeled", "multilabel"]
 __all__ += ["normalized", "regularized"]
 __all__ += ["fixed_etf", "max_margin", "regression", "supcon"]
+__all__ += ["Certificate", "ConvexForm", "NoCertificate", "certify"]

@@ -51,6 +51,8 @@ class CheckReport:
       the predicted one; NaN when the optimum is zero.
     norm_ratio, norm_ratio_predicted: ||W||_F/||H||_F measured and at the optimum.
     zero_optimum: the optimum is W = H = 0 (metrics are then undefined).
+    source: where the optimum comes from: "closed form, <paper>", "certified, gap <g>" (a
+      certified optimum, `ufm.certify`) or "given optimum".
     """
 
     objective: float
@@ -63,6 +65,7 @@ class CheckReport:
     norm_ratio: float
     norm_ratio_predicted: float
     zero_optimum: bool
+    source: str = ""
 
     def rows(self) -> list[tuple[str, float, float, float]]:
         """(quantity, simulation, theory, gap) rows; the theory column of an NC metric is its
@@ -86,7 +89,8 @@ class CheckReport:
 
     def table(self) -> str:
         """The rows as an aligned text table."""
-        lines = [f"{'quantity':<24}{'simulation':>14}{'theory':>14}{'gap':>11}"]
+        lines = [f"optimum: {self.source}"] if self.source else []
+        lines.append(f"{'quantity':<24}{'simulation':>14}{'theory':>14}{'gap':>11}")
         for name, sim, th, gap in self.rows():
             lines.append(f"{name:<24}{sim:>14.6g}{th:>14.6g}{gap:>11.2e}")
         return "\n".join(lines)
@@ -95,9 +99,51 @@ class CheckReport:
         return self.table()
 
 
+_PAPERS = {
+    "LayerPeeled": "Fang et al. 2021",
+    "NormalizedUFM": "Yaras et al. 2022",
+    "ExtendedUFM": "Dang et al. 2023",
+    "MultiLabelUFM": "Li et al. 2024",
+}
+
+
+def _closed_form_source(model) -> str:
+    """'closed form, <paper>' for the report (the paper of the model's closed form)."""
+    paper = _PAPERS.get(type(model).__name__)
+    if type(model).__name__ == "UFM":
+        if model.loss == "ce":
+            paper = "Jiang et al. 2024" if model.d < model.K - 1 else "Zhu et al. 2021"
+        elif model.loss == "mse" and not model.bias:
+            paper = "Tirer & Bruna 2022"
+        else:
+            paper = "Zhou et al. 2022"
+    return f"closed form, {paper}" if paper else "closed form"
+
+
+def _reference(model) -> tuple[Optimum, str]:
+    """The optimum to compare with and its source: the closed form where one exists, else the
+    certified optimum of `ufm.certify` (its lower bound when d is below the rank it needs)."""
+    try:
+        return optimum(model), _closed_form_source(model)
+    except NoClosedForm as closed:
+        from ufm.theory.certify import NoCertificate, certify
+
+        try:
+            cert = certify(model)
+        except NoCertificate as e:
+            raise NoClosedForm(f"{closed}; and no certificate: {e}") from None
+    if cert.status_name == "not_tight":
+        source = f"certified lower bound, not attained (d={model.d} < rank {cert.rank})"
+        return Optimum(cert.lower, cert.params), source
+    status = "" if cert.status_name == "certified" else f" ({cert.status_name})"
+    return Optimum(cert.value, cert.params), f"certified, gap {cert.gap:.0e}{status}"
+
+
 def check(model, params, opt: Optimum | None = None) -> CheckReport:
-    """Compare `params` with the model's closed-form optimum (computed if `opt` is not given)."""
-    opt = optimum(model) if opt is None else opt
+    """Compare `params` with the model's global optimum: `opt` if given, else its closed form
+    (`optimum`) where theory has one, else a certified optimum (`ufm.certify`, docs/theory.md
+    §15-§16). The report's `source` says which. Raises NoClosedForm when there is neither."""
+    opt, source = (opt, "given optimum") if opt is not None else _reference(model)
     f = float(model.objective(params))
     f_star = float(opt.value)
     metrics = {k: float(v) for k, v in model.metrics(params).items()}
@@ -118,9 +164,11 @@ def check(model, params, opt: Optimum | None = None) -> CheckReport:
         norm_ratio=_norm(W) / _norm(H) if _norm(H) > 0 else math.nan,
         norm_ratio_predicted=math.nan if zero else _norm(W_s) / _norm(H_s),
         zero_optimum=zero,
+        source=source,
     )
 
 
 def as_float(x) -> float:
     """A concrete hyperparameter as a Python float (theory runs in plain Python)."""
     return float(jnp.asarray(x))
+
