@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm.metrics.imbalance import minority_classes, minority_cosine, minority_spread
+from ufm.theory.certified import *  # noqa: F403 (minority collapse from certificates)
 from ufm.theory.imbalance import (
     MergedLPM,
     hong_ling_ratio,
