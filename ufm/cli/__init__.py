@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_check)
     b = sub.add_parser(
         "bench",
-        help="run a benchmark of BENCHMARKS.md (B1, B3, B5; B4 on a GPU)",
+        help="run a benchmark script of the checkout (B1, B3, B5; B4 on a GPU)",
         description="Run a benchmark script from the checkout's benchmarks/ folder; the "
         "remaining arguments go to the script (try: ufm bench B1 --help).",
     )
