@@ -42,21 +42,23 @@ from ufm.dynamics.le_sde import LESDE, SDEResult, impacts, le_sweep, simulate
 from ufm.metrics.dynamics import argmax_accuracy, ncc_accuracy, separable
 
 __all__ = [
+    # the locally elastic SDE
     "LESDE",
     "SDEResult",
-    "FlowResult",
     "impacts",
+    "simulate",
+    "le_sweep",
     "impact_integrals",
     "mode_rates",
     "euler_factor",
-    "simulate",
-    "le_sweep",
     "le_etf_init",
     "le_ce_margin",
     "estimate_impacts",
     "ncc_accuracy",
     "argmax_accuracy",
     "separable",
+    # gradient flow on the UFM
+    "FlowResult",
     "gradient_flow",
     "flow_stats",
     "mixon_init",
@@ -65,12 +67,13 @@ __all__ = [
     "ulpm_margin_law",
     "ulpm_margin",
     "ulpm_max_normalized_margin",
+    # the central path
     "CentralPathResult",
     "central_path",
     "central_path_gap",
-    "central_path_law",
-    "central_path_loss",
-    "central_path_omega",
-    "renormalize",
     "ridge_classifier",
+    "renormalize",
+    "central_path_law",
+    "central_path_omega",
+    "central_path_loss",
 ]

@@ -10,36 +10,38 @@ path (MSE, §14.2).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array, lax
+from jax import Array
 from jax.scipy.special import expi
 
 from ufm import geometry
-from ufm.dynamics.le_sde import LESDE, strong
+from ufm.dynamics.le_sde import LESDE
 from ufm.models._base import check_real
 from ufm.models.ufm import Params
+from ufm.theory._roots import bisect, bracket
 
 __all__ = [
-    "impact_integrals",
-    "mode_rates",
-    "euler_factor",
-    "le_etf_init",
-    "le_ce_margin",
-    "estimate_impacts",
-    "mixon_init",
-    "mixon_eigenvalues",
-    "ulpm_etf_init",
-    "ulpm_margin_law",
-    "ulpm_margin",
-    "ulpm_max_normalized_margin",
     "central_path_law",
-    "central_path_omega",
     "central_path_loss",
+    "central_path_omega",
+    "estimate_impacts",
+    "euler_factor",
+    "impact_integrals",
+    "le_ce_margin",
+    "le_etf_init",
+    "mixon_eigenvalues",
+    "mixon_init",
+    "mode_rates",
+    "ulpm_etf_init",
+    "ulpm_margin",
+    "ulpm_margin_law",
+    "ulpm_max_normalized_margin",
 ]
 
 
@@ -93,29 +95,24 @@ def le_etf_init(cfg: LESDE, s0) -> Array:
     return jnp.broadcast_to((s0 * u)[:, None, :], (cfg.K, cfg.n, cfg.K))
 
 
-def invert_increasing(F: Callable, y, lo, hi, max_iter: int = 500) -> Array:
-    """x with F(x) = y for increasing F, elementwise and traceable: widen [lo, hi] geometrically
-    until it brackets y, then bisect to machine precision. One loop with one call of F (on lo, hi
-    and the midpoint stacked), which keeps the compiled code small when F is expensive (Ei)."""
-    y, lo, hi = jnp.broadcast_arrays(y, lo, hi)
-    tol = 4 * jnp.finfo(y.dtype).eps
+def _solve(f: Callable[[float], float], lo: float, hi: float, log: bool) -> float:
+    """The root of an increasing f (`ufm.theory._roots`), from a start [lo, hi] (0 < lo < hi
+    when log): lo moves down until f(lo) < 0 (halved when log, else by 2 (hi - lo)), then
+    `bracket` grows hi and `bisect` halves to adjacent floats (geometric midpoints when log)."""
+    while f(lo) >= 0:
+        lo = lo / 2 if log else lo - 2 * (hi - lo)
+    if not log:
+        while f(hi) < 0:
+            lo, hi = hi, hi + 2 * (hi - lo)
+        return bisect(f, lo, hi)
+    return bisect(f, *bracket(f, lo, hi), log=True)
 
-    def cond(c):
-        lo, hi, i = c
-        return (i < max_iter) & jnp.any(hi - lo > tol * (1.0 + jnp.abs(lo)))
 
-    def body(c):
-        lo, hi, i = c
-        mid = 0.5 * (lo + hi)
-        f = F(jnp.stack([lo, hi, mid]))
-        w = hi - lo
-        left, right, up = f[0] > y, f[1] < y, f[2] < y  # root < lo, root > hi, root > mid
-        new_lo = jnp.where(left, lo - 2 * w, jnp.where(right, hi, jnp.where(up, mid, lo)))
-        new_hi = jnp.where(left, lo, jnp.where(right, hi + 2 * w, jnp.where(up, hi, mid)))
-        return new_lo, new_hi, i + 1
-
-    lo, hi, _ = lax.while_loop(cond, body, (lo, hi, 0))
-    return 0.5 * (lo + hi)
+def _elementwise(solve: Callable[..., float], *args) -> Array:
+    """solve(*floats) over the broadcast of args, as an array of the default float dtype."""
+    args = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in args))
+    out = [solve(*(float(a) for a in xs)) for xs in zip(*(a.ravel() for a in args), strict=True)]
+    return jnp.asarray(np.reshape(out, args[0].shape), jnp.result_type(float))
 
 
 def le_ce_margin(cfg: LESDE, s0, t) -> Array:
@@ -123,19 +120,17 @@ def le_ce_margin(cfg: LESDE, s0, t) -> Array:
 
         e^s + (K-1) s = (A(t) - B(t)) + e^{s0} + (K-1) s0.
 
-    Solved by bisection (the left side increases in s); works for time-varying impacts. Jitted;
-    s0 and t broadcast.
+    The left side increases in s; its root is found by `ufm.theory._roots` in Python floats
+    (not traceable), to adjacent floats. Works for time-varying impacts; s0 and t broadcast.
     """
-    return _le_ce_margin(*jax.tree.map(strong, (cfg, s0, t)))
-
-
-@jax.jit
-def _le_ce_margin(cfg: LESDE, s0, t) -> Array:
     K = cfg.K
-    A, B = impact_integrals(cfg, t)
-    s0 = jnp.asarray(s0, jnp.result_type(float))
-    y = A - B + jnp.exp(s0) + (K - 1) * s0
-    return invert_increasing(lambda s: jnp.exp(s) + (K - 1) * s, y, s0 - 1.0, s0 + 1.0)
+    A, B = impact_integrals(cfg, jnp.asarray(t, jnp.result_type(float)))
+
+    def margin(s0: float, gap: float) -> float:
+        y = gap + math.exp(s0) + (K - 1) * s0
+        return _solve(lambda s: math.exp(s) + (K - 1) * s - y, s0 - 1.0, s0 + 1.0, log=False)
+
+    return _elementwise(margin, s0, A - B)
 
 
 @jax.jit
@@ -247,19 +242,16 @@ def ulpm_margin_law(q, n: int, K: int) -> Array:
 def ulpm_margin(t, q0, n: int, K: int) -> Array:
     """Margin q(t) on the ETF manifold from q(0) = q0 > 0: inverts `ulpm_margin_law`.
 
-    q(t) = log t + log log t + O(1) for large t; the loss is about (K-1) e^{-q}. Jitted (Ei is
-    costly to compile); t and q0 broadcast.
+    q(t) = log t + log log t + O(1) for large t; the loss is about (K-1) e^{-q}. The root is found
+    by `ufm.theory._roots` (bisection in log q, Ei increases for q > 0) in Python floats (not
+    traceable); t and q0 broadcast.
     """
-    return _ulpm_margin(strong(t), strong(q0), n, K)
 
+    def margin(t: float, q0: float) -> float:
+        y = float(ulpm_margin_law(q0, n, K)) + 2.0 * t / math.sqrt(n)
+        return _solve(lambda q: float(ulpm_margin_law(q, n, K)) - y, q0 / 2, q0, log=True)
 
-@partial(jax.jit, static_argnames=("n", "K"))
-def _ulpm_margin(t, q0, n: int, K: int) -> Array:
-    q0 = jnp.asarray(q0, jnp.result_type(float))
-    y = ulpm_margin_law(q0, n, K) + 2.0 * jnp.asarray(t) / np.sqrt(n)
-    u0 = jnp.log(q0)  # solve in log q: Ei(e^u) + (K-1) u increases on all of R
-    u = invert_increasing(lambda u: expi(jnp.exp(u)) + (K - 1) * u, y, u0 - 1.0, u0 + 1.0)
-    return jnp.exp(u)
+    return _elementwise(margin, t, q0)
 
 
 def ulpm_max_normalized_margin(n: int, K: int) -> float:
@@ -277,6 +269,7 @@ def central_path_loss(omega, K: int) -> Array:
     return jnp.sum(1.0 / (1.0 + omega**2), -1) / (2 * K)
 
 
+@jax.jit
 def central_path_law(omega) -> Array:
     """F(omega) = log omega + omega^2 + omega^4/4, which the renormalised central-path flow
     advances at the constant rate 1/(K^2 n (1 + lam_W)) (`ufm.dynamics.central_path`, §14.2).
@@ -292,15 +285,12 @@ def central_path_omega(t, omega0, K: int, n: int, lam_W=0.0) -> Array:
         F(omega(t)) = F(omega0) + t/(K^2 n (1 + lam_W)),
 
     so omega ~ (4t/(K^2 n (1 + lam_W)))^{1/4} and NC1 = sum_j 1/((1 + lam_W) omega_j^2)/K tends
-    to (K-1) sqrt(n)/(2 sqrt((1 + lam_W) t)). Jitted; t and omega0 broadcast.
+    to (K-1) sqrt(n)/(2 sqrt((1 + lam_W) t)). The root is found by `ufm.theory._roots`
+    (bisection in log omega) in Python floats (not traceable); t, omega0 and lam_W broadcast.
     """
-    return _central_path_omega(strong(t), strong(omega0), strong(lam_W), K, n)
 
+    def omega(t: float, w0: float, lam: float) -> float:
+        y = float(central_path_law(w0)) + t / (K**2 * n * (1.0 + lam))
+        return _solve(lambda w: float(central_path_law(w)) - y, w0 / 2, w0, log=True)
 
-@partial(jax.jit, static_argnames=("K", "n"))
-def _central_path_omega(t, omega0, lam_W, K: int, n: int) -> Array:
-    omega0 = jnp.asarray(omega0, jnp.result_type(float))
-    y = central_path_law(omega0) + t / (K**2 * n * (1.0 + lam_W))
-    u0 = jnp.log(omega0)  # solve in log omega: u + e^{2u} + e^{4u}/4 increases on all of R
-    u = invert_increasing(lambda u: central_path_law(jnp.exp(u)), y, u0 - 1.0, u0 + 1.0)
-    return jnp.exp(u)
+    return _elementwise(omega, t, omega0, lam_W)

@@ -22,15 +22,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from ufm.metrics.dynamics import le_metrics, simplex_coefficients
-from ufm.models._base import (
-    Model,
-    check_int,
-    check_real,
-    choice_check,
-    int_check,
-    leaf,
-    static,
-)
+from ufm.models._base import Model, check_int, check_real, choice_check, int_check, leaf, static
 
 __all__ = ["LESDE", "SDEResult", "impacts", "simulate", "le_sweep"]
 
