@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ufm.geometry import simplex_etf
-from ufm.metrics import nc_metrics
+from ufm.metrics import gram_gap, nc1_trace, nc_metrics
 
 EXACT = 1e-12  # float64 closed-form values
 REL = 1e-10  # agreement with the NumPy reference
@@ -279,3 +279,21 @@ def test_float32_nc1_nonnegative_near_collapse(key):
         assert 0 <= float(r["nc1"]) < 1e-5, r["nc1"]
         want = _np_metrics(H32.astype(np.float64), y, K4)["nc1"]
         np.testing.assert_allclose(r["nc1"], want, rtol=1e-2)
+
+
+# --- 8. the shared pieces: nc1_trace and gram_gap ---------------------------------------------
+def test_nc1_trace_and_gram_gap_alone(key):
+    rng, y = _rng(key), _labels([1, 2, 4, 5])
+    H = rng.standard_normal((D6, 12))
+    for mean in ("weighted", "unweighted", "zero"):
+        want = _np_metrics(H, y, K4, mean=mean)["nc1_trace"]
+        np.testing.assert_allclose(nc1_trace(H, y, K4, mean=mean), want, rtol=REL)
+    assert float(nc1_trace(_etf(rng, K4, D6)[:, y], y, K4)) < EXACT  # within-class collapse
+    # gram_gap: scale-free, 0 at the target's shape, sqrt(2 - 2 cos) between two unit Grams
+    M = _etf(rng, K4, D6)
+    E = np.eye(K4) - 1 / K4
+    assert float(gram_gap(3.0 * M.T @ M, E)) < EXACT
+    O = np.eye(K4) / 2.0  # the OF Gram at unit norm: <O, E/||E||> = tr(E)/(2 sqrt(K-1))
+    cos = np.trace(E) / (2 * np.sqrt(K4 - 1))
+    assert abs(float(gram_gap(O, E)) - np.sqrt(2 - 2 * cos)) < EXACT
+    assert np.isnan(float(gram_gap(np.zeros((K4, K4)), E)))

@@ -169,3 +169,23 @@ def test_check_report_table_and_gap():
 def test_no_closed_form_says_why(kw):
     with pytest.raises(NoClosedForm):
         ufm.optimum(ufm.UFM(**kw))
+
+
+def test_root_finder_bracket_tolerance_and_log_scale():
+    from ufm.theory._roots import bisect, bracket
+
+    def cube(x):  # increasing, root 2^(1/3)
+        return x**3 - 2.0
+
+    root = 2.0 ** (1 / 3)
+    assert abs(bisect(cube, 0.0, 2.0) - root) <= 2 * math.ulp(root)  # to adjacent floats
+    assert abs(bisect(cube, 0.0, 2.0, xtol=1e-3) - root) <= 1e-3
+    # a root 30 decades up: doubling brackets it, log-scale bisection reaches rtol
+    lo, hi = bracket(lambda x: math.log(x) - 69.0, 1.0, 2.0)
+    assert lo < math.exp(69.0) <= hi and hi == 2 * lo
+    x = bisect(lambda x: math.log(x) - 69.0, lo, hi, log=True, rtol=1e-12)
+    assert abs(x / math.exp(69.0) - 1) < 1e-12
+    with pytest.raises(ValueError, match="no sign change"):
+        bracket(lambda x: -1.0, 1.0, 2.0, limit=1e6)
+    with pytest.raises(ValueError, match="lo < hi"):
+        bisect(cube, 2.0, 1.0)

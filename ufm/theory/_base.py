@@ -172,3 +172,14 @@ def as_float(x) -> float:
     """A concrete hyperparameter as a Python float (theory runs in plain Python)."""
     return float(jnp.asarray(x))
 
+
+def weight_decays(model, why: str) -> tuple[float, float]:
+    """(lam_W, lam_H) of a weight-decayed model as floats; NoClosedForm naming both, and `why`
+    no optimum is known without them, unless both are > 0."""
+    lam_W, lam_H = as_float(model.lam_W), as_float(model.lam_H)
+    if lam_W <= 0 or lam_H <= 0:
+        raise NoClosedForm(
+            f"the closed forms need lam_W > 0 and lam_H > 0 (got lam_W={lam_W}, lam_H={lam_H}): "
+            f"{why}"
+        )
+    return lam_W, lam_H

@@ -23,7 +23,7 @@ import numpy as np
 
 from ufm.models.label_noise import NoisyUFM, symmetric_noise
 from ufm.models.ufm import Params
-from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
+from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum, weight_decays
 
 __all__ = ["noisy_margins"]
 
@@ -130,9 +130,8 @@ def noisy_margins(
 @optimum.register
 def _(model: NoisyUFM) -> Optimum:
     K, d = model.K, model.d
-    lam_W, lam_H, lam_M = as_float(model.lam_W), as_float(model.lam_H), as_float(model.lam_M)
-    if lam_W <= 0 or lam_H <= 0:
-        raise NoClosedForm(f"the optimum needs lam_W, lam_H > 0, got {lam_W}, {lam_H}")
+    lam_W, lam_H = weight_decays(model, "without weight decay the CE infimum is not attained")
+    lam_M = as_float(model.lam_M)
     if d < K - 1:
         raise NoClosedForm(f"the label-noise optimum needs d >= K-1, got d={d}, K={K}")
     n_c, r = _symmetric_layout(model)

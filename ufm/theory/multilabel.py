@@ -22,7 +22,7 @@ import numpy as np
 from ufm.geometry import orthonormal_basis
 from ufm.models.multilabel import MultiLabelUFM
 from ufm.models.ufm import Params
-from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
+from ufm.theory._base import NoClosedForm, Optimum, optimum, weight_decays
 from ufm.theory._roots import bisect, bracket
 
 __all__ = ["multilabel_margins"]
@@ -100,9 +100,7 @@ def multilabel_margins(
 @optimum.register
 def _(model: MultiLabelUFM) -> Optimum:
     K, d = model.K, model.d
-    lam_W, lam_H = as_float(model.lam_W), as_float(model.lam_H)
-    if lam_W <= 0 or lam_H <= 0:
-        raise NoClosedForm(f"the optimum needs lam_W, lam_H > 0, got {lam_W}, {lam_H}")
+    lam_W, lam_H = weight_decays(model, "without weight decay the CE infimum is not attained")
     if d < K - 1:
         raise NoClosedForm(f"the multi-label optimum needs d >= K-1, got d={d}, K={K}")
     n_by_m = _balanced_multiplicities(model)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ufm.geometry import orthonormal_basis
 from ufm.models.ufm import UFM, Params
-from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum
+from ufm.theory._base import NoClosedForm, Optimum, as_float, optimum, weight_decays
 from ufm.theory._roots import bisect
 
 
@@ -226,12 +226,10 @@ def _ls_focal(model: UFM, lam_W: float, lam_H: float) -> Optimum:
 
 @optimum.register
 def _(model: UFM) -> Optimum:
-    lam_W, lam_H = as_float(model.lam_W), as_float(model.lam_H)
-    if lam_W <= 0 or lam_H <= 0:
-        raise NoClosedForm(
-            f"the closed forms need lam_W > 0 and lam_H > 0 (got lam_W={lam_W}, lam_H={lam_H}): "
-            "without weight decay the CE infimum is not attained and MSE minimisers are not unique"
-        )
+    lam_W, lam_H = weight_decays(
+        model,
+        "without weight decay the CE infimum is not attained and MSE minimisers are not unique",
+    )
     if model.loss == "ce":
         return _ce(model, lam_W, lam_H)
     if model.loss in ("ls", "focal"):
