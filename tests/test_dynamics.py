@@ -1,5 +1,5 @@
-"""ufm.dynamics against theory (DYNAMICS.md A.9 and B.4): every asserted number is a closed form,
-an independent computation (scipy) or a stated statistical bound, never a previous run."""
+"""ufm.dynamics against theory (docs/theory.md §13.9 and §14.4): every asserted number is a closed
+form, an independent computation (scipy) or a stated statistical bound, never a previous run."""
 
 import jax
 import jax.numpy as jnp
@@ -96,7 +96,7 @@ def test_bad_arguments_name_the_parameter(key):
 
 
 # ------------------------------------------------------------------------------------------------
-# A.9.1, A.9.5: I-model, sigma = 0: discrete closed forms and the estimator round trip
+# §13.9 (1, 5): I-model, sigma = 0: discrete closed forms and the estimator round trip
 # ------------------------------------------------------------------------------------------------
 
 
@@ -119,7 +119,7 @@ def test_i_model_sigma0_matches_euler_closed_form(key, alpha, beta):
     assert np.max(np.abs(res.x - res.x.mean(1, keepdims=True) - dev0)) < EXACT
     np.testing.assert_allclose(res.history["t"], m * h, rtol=EXACT)
 
-    # Estimators (A.4) invert (A2); on Euler trajectories they return the discrete exponents.
+    # Estimators (§13.4) invert the closed form; on Euler trajectories: the discrete exponents.
     A_hat, B_hat = dyn.estimate_impacts(res.history["means"], means0)
     lg, lc = np.log1p(h * rates["global"]), np.log1p(h * rates["centered"])
     np.testing.assert_allclose(A_hat, m * (lg + (K - 1) * lc), rtol=EXACT, atol=EXACT)
@@ -161,7 +161,7 @@ def test_estimators_invert_the_closed_form_with_power_law_impacts():
 
 
 # ------------------------------------------------------------------------------------------------
-# A.9.2: L-model modes
+# §13.9 (2): L-model modes
 # ------------------------------------------------------------------------------------------------
 
 
@@ -186,7 +186,7 @@ def test_l_model_modes_match_euler_closed_form(key, alpha, beta):
 
 
 # ------------------------------------------------------------------------------------------------
-# A.9.3: CE surrogate on the ETF manifold
+# §13.9 (3): CE surrogate on the ETF manifold
 # ------------------------------------------------------------------------------------------------
 
 
@@ -218,7 +218,7 @@ def test_ce_model_on_etf_manifold_follows_margin_law(key):
 
 
 # ------------------------------------------------------------------------------------------------
-# A.9.7: within-class variance sigma^2 t (1 - 1/n) for every surrogate
+# §13.9 (7): within-class variance sigma^2 t (1 - 1/n) for every surrogate
 # ------------------------------------------------------------------------------------------------
 
 
@@ -241,7 +241,7 @@ def test_within_class_variance_is_brownian(key, surrogate):
 
 
 # ------------------------------------------------------------------------------------------------
-# A.5, A.9.4, A.9.6: the phase transition at alpha = beta, NC1 decay
+# §13.5, §13.9 (4, 6): the phase transition at alpha = beta, NC1 decay
 # ------------------------------------------------------------------------------------------------
 
 PT = dict(K=3, n=50, sigma=1.0, beta=0.2, h=0.1, steps=1000, every=50, trials=16)
@@ -285,7 +285,7 @@ def test_phase_transition_at_alpha_equals_beta(sweep):
     within = sigma**2 * (m * h) * (1 - 1 / n)
     ratio = np.mean(hist["between"][..., -1], 1) / np.mean(hist["within"][..., -1], 1)
     assert np.all(np.abs(np.log(ratio / (between / within))) < np.log(2.0))
-    # separation ratio: ~600 above the transition, 0.12 at it and 0.03 below (A.5)
+    # separation ratio: ~600 above the transition, 0.12 at it and 0.03 below (§13.5)
     sep = np.sqrt(hist["between"][..., -1] / hist["within"][..., -1])
     assert np.all(sep[2] > 100) and np.all(sep[:2] < 0.5)
 
@@ -315,7 +315,7 @@ def test_sweep_compiles_once_for_all_impact_values(sweep):
 
 
 def test_nc1_decays_at_twice_the_centred_rate(sweep):
-    # NC1 = tr(Sigma_W Sigma_B^+)/K ~ t (1 + h lam)^{-2m} (A.6): slope of log(NC1/t) in t is
+    # NC1 = tr(Sigma_W Sigma_B^+)/K ~ t (1 + h lam)^{-2m} (§13.6): slope of log(NC1/t) in t is
     # -2 log(1 + h lam)/h = -0.1990 for lam = 0.1, h = 0.1. Sigma_W fluctuates by a few percent
     # about sigma^2 t I; over t in [40, 100] that moves the slope by < 1e-3; we allow 5e-3.
     h, lam = PT["h"], PT_GAPS[2] / PT["K"]
@@ -338,7 +338,7 @@ def test_le_separation_plot(sweep):
 
 
 # ------------------------------------------------------------------------------------------------
-# B.1: Mixon et al., MSE with free bias, invariant subspace, logistic eigenvalues
+# §14.1: Mixon et al., MSE with free bias, invariant subspace, logistic eigenvalues
 # ------------------------------------------------------------------------------------------------
 
 
@@ -388,7 +388,7 @@ def test_mixon_logistic_eigenvalues_at_the_integrator_order_and_under_vmap(key):
 
 
 # ------------------------------------------------------------------------------------------------
-# B.3: unregularised CE without bias (Ji et al.)
+# §14.3: unregularised CE without bias (Ji et al.)
 # ------------------------------------------------------------------------------------------------
 
 
