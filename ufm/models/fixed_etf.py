@@ -7,7 +7,8 @@ simplex ETF.
            h_budget="sample":  (1/N) sum_i ||h_i||^2 <= E_H
            h_budget="class":   (1/K) sum_k (1/n_k) sum_{i in k} ||h_i||^2 <= E_H   (Fang et al.)
 
-No bias; any counts; d >= K-1. The three budgets coincide for balanced counts.
+No bias; any counts; d >= K-1. The three budgets coincide for balanced counts; under imbalance
+the per-class budget gives different class radii (docs/theory.md §19).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ positives are the other samples of its class, in one full batch.
     ||h_i|| = 1
 
 (the denominator of anchor i runs over every other sample, positives included). There is no
-classifier: the parameters are the features H in R^{d x N}, columns class by class.
+classifier: the parameters are the features H in R^{d x N}, columns class by class. The optimum,
+a collapsed simplex ETF for every tau, is in docs/theory.md §20.
 """
 
 from __future__ import annotations
