@@ -176,3 +176,21 @@ def test_checkpoint_resume_gives_the_same_sweep(tmp_path):
     again = _sweep(m, [0.01, 0.1, 1.0], checkpoint=str(path), chunk_size=2)  # all from disk
     np.testing.assert_array_equal(again.objective, first.objective)
     np.testing.assert_array_equal(again.metrics["nc1"], first.metrics["nc1"])
+
+
+def test_plots_take_a_custom_model(key):
+    import matplotlib.pyplot as plt
+
+    m = FixedClassifierRidge(K, d, n, lam_H=0.05)
+    res = ufm.solve(m, key, steps=20, record_every=5)
+    figs = [
+        ufm.plot.metric_curves(res.history, keys=("objective", "nc1", "nc3")),
+        ufm.plot.feature_geometry(res.params.H, m.labels, W=m.W),
+        ufm.plot.gram_vs_etf(np.asarray(m.W)),
+    ]
+    assert all(len(f.axes) >= 1 for f in figs)
+    curve = figs[0].axes[0].lines[0].get_ydata()
+    np.testing.assert_allclose(
+        curve, res.history["objective"][1:], rtol=1e-12
+    )  # log axis: step > 0
+    plt.close("all")
