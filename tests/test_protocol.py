@@ -190,7 +190,6 @@ def test_plots_take_a_custom_model(key):
     ]
     assert all(len(f.axes) >= 1 for f in figs)
     curve = figs[0].axes[0].lines[0].get_ydata()
-    np.testing.assert_allclose(
-        curve, res.history["objective"][1:], rtol=1e-12
-    )  # log axis: step > 0
+    # the step axis is logarithmic: the curve starts at the first step after 0
+    np.testing.assert_allclose(curve, res.history["objective"][1:], rtol=1e-12)
     plt.close("all")
