@@ -13,7 +13,7 @@ from jax import Array
 
 from ufm.geometry import centering
 from ufm.losses import cross_entropy
-from ufm.metrics.nc import nc_metrics
+from ufm.metrics.nc import _class_stats, nc_metrics
 
 __all__ = [
     "ncc_accuracy",
@@ -166,12 +166,9 @@ def snr_singular_values(H: Array, labels: Array, K: int, lam: float | Array = 0.
       are nonzero).
     """
     d, N = H.shape
-    Y = jax.nn.one_hot(labels, K, dtype=H.dtype)
-    M = (H @ Y) / Y.sum(0)[None, :]
-    R = H - M @ Y.T
-    Mbar = M - H.mean(1, keepdims=True)
+    _, _, M, mu_G, R = _class_stats(H, labels, K, "weighted")
+    Mbar = M - mu_G[:, None]
     L = jnp.linalg.cholesky(R @ R.T / N + lam * jnp.eye(d, dtype=H.dtype))
-    A = jax.scipy.linalg.solve_triangular(
-        L, Mbar, lower=True
-    )  # singular values of Sigma^{-1/2} Mbar
+    # L^{-1} = Q (Sigma_W + lam I)^{-1/2} with Q orthogonal: the same singular values
+    A = jax.scipy.linalg.solve_triangular(L, Mbar, lower=True)
     return jnp.linalg.svd(A, compute_uv=False)[: min(d, K - 1)] / jnp.sqrt(K)
