@@ -76,7 +76,7 @@ def _noisy(model: ufm.NoisyUFM) -> ConvexForm:
     EPiE = jnp.asarray(np.where(same, np.outer(n_a, n_a) / n_true[:, None], 0.0))
     gram = (model.lam_H - model.lam_M) * EPiE + model.lam_M * jnp.diag(jnp.asarray(n_a))
     e, Q = jnp.linalg.eigh(gram)
-    R = (Q * jnp.sqrt(jnp.maximum(e, 0.0))) @ Q.T
+    R = (Q * jnp.sqrt(jnp.maximum(e, 0.0))[None, :]) @ Q.T
     targets = jnp.eye(model.K)[:, pairs[:, 1]]
     lam_b = model.lam_b if model.bias else 0.0
     return _atoms_form(model, "ce", targets, atom_of, R, model.lam_W, 1.0, False, model.bias, lam_b)

@@ -51,9 +51,10 @@ class Solution(NamedTuple):
 
 class _Problem(NamedTuple):
     T: Array  # (K, M) targets
-    w: Array  # (M,) atom weights
-    m: Array  # (M,) target sums (CE) or ones (MSE)
-    Rinv: Array  # (M,) or (M, M)
+    w: Array  # (1, M) atom weights
+    m: Array  # (1, M) target sums (CE) or ones (MSE)
+    Rinv: Array  # (1, M) diagonal or (M, M)
+    diag: bool  # R diagonal
     t_X: Array  # step in X
     t_b: Array  # step in b
     lam_b: Array
@@ -66,36 +67,36 @@ def _setup(form: ConvexForm) -> _Problem:
     m = T.sum(0) if form.loss == "ce" else jnp.ones_like(w)
     wh = w * (0.5 * m if form.loss == "ce" else 1.0)  # curvature bound of each atom's loss
     if R.ndim == 1:
-        Rinv = 1.0 / R
-        L_X = jnp.max(wh * Rinv**2)
+        Rinv = 1.0 / R[None, :]
+        L_X = jnp.max(wh * Rinv[0] ** 2)
     else:
         Rinv = jnp.linalg.inv(R)
-        L_X = jnp.linalg.eigvalsh((Rinv * wh) @ Rinv.T)[-1]
+        L_X = jnp.linalg.eigvalsh((Rinv * wh[None, :]) @ Rinv.T)[-1]
     lam_b = jnp.asarray(form.lam_b, T.dtype) if form.bias else jnp.zeros((), T.dtype)
     t_X = 1.0 / (2.0 * L_X) if form.bias else 1.0 / L_X
     t_b = 1.0 / (2.0 * jnp.sum(wh) + lam_b)
-    return _Problem(T, w, m, Rinv, t_X, t_b, lam_b)
+    return _Problem(T, w[None, :], m[None, :], Rinv, R.ndim == 1, t_X, t_b, lam_b)
 
 
 def _logits(p: _Problem, X: Array, b: Array) -> Array:
-    Z = X * p.Rinv if p.Rinv.ndim == 1 else X @ p.Rinv
+    Z = X * p.Rinv if p.diag else X @ p.Rinv
     return Z + b[:, None]
 
 
 def _in_metric(p: _Problem, G: Array) -> Array:
     """G R^{-T}: a gradient in Z as one in X."""
-    return G * p.Rinv if p.Rinv.ndim == 1 else G @ p.Rinv.T
+    return G * p.Rinv if p.diag else G @ p.Rinv.T
 
 
 def _loss(form: ConvexForm, p: _Problem, Zb: Array) -> tuple[Array, Array, Array]:
     """(F, grad F (K, M), q): q the softmax (CE) or the logits (MSE)."""
     if form.loss == "ce":
-        lse = jax.nn.logsumexp(Zb, axis=0)
+        lse = jax.nn.logsumexp(Zb, axis=0, keepdims=True)
         q = jnp.exp(Zb - lse)
-        value = jnp.sum(p.w * (p.m * lse - jnp.sum(p.T * Zb, axis=0)))
+        value = jnp.sum(p.w * (p.m * lse - jnp.sum(p.T * Zb, axis=0, keepdims=True)))
         return value, p.w * (p.m * q - p.T), q
     r = Zb - p.T
-    return 0.5 * jnp.sum(p.w * jnp.sum(r * r, axis=0)), p.w * r, Zb
+    return 0.5 * jnp.sum(p.w * r * r), p.w * r, Zb
 
 
 def _op_norm(A: Array) -> Array:
@@ -116,13 +117,13 @@ def _shrink(form: ConvexForm, X: Array, tau: Array) -> Array:
         tau = jnp.where(jnp.sum(s) > r, jnp.maximum(theta_j[rho], 0.0), 0.0)
     pos = s > tau
     f = jnp.where(pos, 1.0 - tau / jnp.where(pos, s, 1.0), 0.0)
-    return (U * f) @ (U.T @ X)
+    return (U * f[None, :]) @ (U.T @ X)
 
 
 def _entropy(q: Array) -> Array:
-    """Column entropies -sum_k q log q (0 log 0 = 0)."""
+    """(1, M) column entropies -sum_k q log q (0 log 0 = 0)."""
     pos = q > 0
-    return -jnp.sum(jnp.where(pos, q * jnp.log(jnp.where(pos, q, 1.0)), 0.0), axis=0)
+    return -jnp.sum(jnp.where(pos, q * jnp.log(jnp.where(pos, q, 1.0)), 0.0), 0, keepdims=True)
 
 
 def _free_bias_ce(p: _Problem, q: Array) -> Array:

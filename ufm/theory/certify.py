@@ -118,10 +118,10 @@ def recover(form: ConvexForm, X: Array, d: int, rank_rtol: float = 1e-9) -> tupl
     p = min(d, s.shape[0])
     root = jnp.where(keep, jnp.sqrt(s), 0.0)[:p]
     a = (form.c_W / form.c_H if form.ball else form.c_H / form.c_W) ** 0.25
-    W = a * U[:, :p] * root
+    W = a * U[:, :p] * root[None, :]
     HR = (root[:, None] * Vt[:p]) / a
     R = jnp.asarray(form.metric, X.dtype)
-    H = HR / R if R.ndim == 1 else jnp.linalg.solve(R.T, HR.T).T
+    H = HR / R[None, :] if R.ndim == 1 else jnp.linalg.solve(R.T, HR.T).T
     W = jnp.pad(W, ((0, 0), (0, d - p)))
     H = jnp.pad(H, ((0, d - p), (0, 0)))
     return W, H, rank
@@ -243,7 +243,7 @@ def dual_bound(model, params) -> tuple[float, float]:
     Z = model.logits(params).T  # (K, N)
     if form.atoms:
         E = jax.nn.one_hot(jnp.asarray(form.atoms), form.M, dtype=Z.dtype)  # (N, M)
-        Z = (Z @ E) / E.sum(0)
+        Z = (Z @ E) / E.sum(0, keepdims=True)
     lower = float(dual_at(form, Z)[0])
     value = float(model.objective(params))
     return lower, (value - lower) / abs(value)
