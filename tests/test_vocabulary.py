@@ -36,6 +36,18 @@ def _noisy_arrays(m, p):  # the TRUE classes
     return p.H, m.labels, p.W, p.b, None, "weighted"
 
 
+def _max_margin_arrays(m, p):  # no bias, weighted mean
+    return p.H, m.labels, p.W, None, None, "weighted"
+
+
+def _supcon_arrays(m, H):  # the retracted (unit) features, no classifier
+    return m.project(H), m.labels, None, None, m.K, "weighted"
+
+
+def _fixed_etf_arrays(m, H):  # H against the fixed classifier rows
+    return H, m.labels, m.W, None, None, "weighted"
+
+
 n_noisy, noisy = symmetric_noise(3, 2, 1)
 CASES = [
     (ufm.UFM(K=3, d=4, n=2), _ufm_arrays),
@@ -46,7 +58,12 @@ CASES = [
     (ufm.ExtendedUFM(K=3, d=4, n=2, depth=2, loss="mse", bias=False), _extended_arrays),
     (ufm.MultiLabelUFM(K=3, d=4, label_sets=all_label_sets(3, (1, 2)), n=2), _multilabel_arrays),
     (ufm.NoisyUFM(K=3, d=4, n=n_noisy, noisy=noisy), _noisy_arrays),
+    (ufm.MaxMarginUFM(K=3, d=4, n=(2, 3, 1)), _max_margin_arrays),
+    (ufm.SupConUFM(K=3, d=4, n=2, tau=0.5), _supcon_arrays),
+    (ufm.FixedETFUFM(K=3, d=4, n=(2, 3, 1), E_H=1.0), _fixed_etf_arrays),
 ]
+# RegressionUFM has real targets, no classes: its metrics are the regression NRC1-3 and share no
+# key with nc_metrics (test_regression checks them)
 
 
 @pytest.mark.parametrize("model, arrays", CASES, ids=lambda c: type(c).__name__)
