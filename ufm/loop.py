@@ -16,6 +16,7 @@ pieces. Every function is traceable: build a loop inside `jax.jit`/`jax.vmap` fr
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -29,6 +30,11 @@ __all__ = [
     "LoopState",
     "Loop",
     "build",
+    "History",
+    "history_rows",
+    "history_capacity",
+    "start_history",
+    "advance",
     "iterate",
     "stationarity",
     "tree_norm",
@@ -123,6 +129,14 @@ def _value_in_state(opt_state) -> bool:
     return optax.tree_utils.tree_get(opt_state, "value") is not None
 
 
+def _takes(fn: Callable, name: str) -> bool:
+    """Whether `fn` has a parameter called `name`."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def build(
     model,
     optimizer: optax.GradientTransformation,
@@ -158,6 +172,8 @@ def build(
     use_tol = tol is not None
     vg = own_vg if own_vg is not None else jax.value_and_grad(f)
     vg_from_state = optax.value_and_grad_from_state(f)
+    # an optimizer that takes `value_and_grad_fn` (ufm.optimizers) line-searches with vg
+    fused = {"value_and_grad_fn": vg} if _takes(optimizer.update, "value_and_grad_fn") else {}
 
     def reuses_state(opt_state) -> bool:
         # after a projection the iterate is another point than the line search's trial point
@@ -184,7 +200,7 @@ def build(
 
     def step(s: LoopState, active: Array | bool = True) -> LoopState:
         updates, new_state = tx.update(
-            s.grad, s.opt_state, s.params, value=s.value, grad=s.grad, value_fn=f
+            s.grad, s.opt_state, s.params, value=s.value, grad=s.grad, value_fn=f, **fused
         )
         new = optax.apply_updates(s.params, updates)
         if project is not None:
@@ -219,46 +235,152 @@ def build(
     return Loop(init, step, measure, record)
 
 
+class History(NamedTuple):
+    """The rows recorded so far of one run (or a batch of runs, with leading batch axes ``...``).
+
+    rows: name -> (..., T, *shape): `Loop.record` at steps 0, record_every, 2 record_every, ...
+      and at the last step; rows not (yet) recorded are NaN (step -1).
+    next: (...) int, the index of the next row to record (the row count when the run is done).
+    """
+
+    rows: dict[str, Array]
+    next: Array
+
+
+def history_rows(max_steps: int, record_every: int) -> int:
+    """T = 1 + ceil(max_steps / record_every): the rows of a run's history."""
+    return 1 + -(-max_steps // record_every)
+
+
+def history_capacity(max_steps: int, record_every: int) -> int:
+    """The smallest power of 2 >= `history_rows`: the static length of a compiled history, so
+    that new budgets reuse one executable (the extra rows stay NaN and are trimmed)."""
+    return 1 << (history_rows(max_steps, record_every) - 1).bit_length()
+
+
+def start_history(record: Callable, state: LoopState, rows: int) -> History:
+    """An empty history of `rows` rows (the capacity; a budget may use fewer) for the state of
+    one run or of a batch of runs (``record`` acting on the whole batch)."""
+    batch = state.steps.shape
+    shapes = jax.eval_shape(record, state)
+    empty = {
+        k: jnp.full(batch + (rows,) + v.shape[len(batch) :], -1 if k == "step" else jnp.nan,
+                    v.dtype)
+        for k, v in shapes.items()
+    }  # fmt: skip
+    return History(empty, jnp.zeros(batch, jnp.int32))
+
+
+def _write(rows: dict[str, Array], index: Array, due: Array, row: dict[str, Array]):
+    """Row `index` of each run set to `row` where `due` (one run: in place; a batch: by mask)."""
+    if index.ndim == 0:
+        return {
+            k: h.at[index].set(jnp.where(due, row[k], h[jnp.minimum(index, h.shape[0] - 1)]))
+            for k, h in rows.items()
+        }
+    out = {}
+    for k, h in rows.items():
+        n = index.ndim
+        rows_at = jnp.arange(h.shape[n]).reshape((1,) * n + (-1,))
+        hit = (rows_at == index[..., None]) & due[..., None]
+        hit = hit.reshape(hit.shape + (1,) * (h.ndim - n - 1))
+        out[k] = jnp.where(hit, jnp.expand_dims(row[k], n), h)
+    return out
+
+
+def advance(
+    step: Callable,
+    record: Callable,
+    state: LoopState,
+    history: History | None,
+    stop: Array | int,
+    max_steps: Array | int,
+    record_every: Array | int,
+) -> tuple[LoopState, History | None]:
+    """Step one run, or a batch of runs, until each has taken `stop` steps or stopped (status
+    other than ``max_steps``), recording its history rows on the way.
+
+    Row b holds ``record`` after min(b record_every, max_steps) steps, or at the step where the
+    run stopped (its last row; later rows stay NaN). The budget, the record interval and `stop`
+    may be traced: one compiled loop serves every budget, and a run can be advanced in segments
+    (stop = 100, 200, ...) with results identical to one call.
+
+    Args:
+      step: ``step(state, active) -> state`` (`Loop.step`, or its vmap over a batch).
+      record: ``record(state) -> dict`` (`Loop.record`, or its vmap).
+      state: the runs' state; a batch has leading axes on every leaf (``state.steps.shape``).
+      history: from `start_history`, or None to record nothing.
+      stop: step count at which to pause (<= max_steps).
+      max_steps: the step budget (the last row is recorded there).
+      record_every: steps between rows.
+
+    Returns:
+      (state, history).
+    """
+    going = int(RESULTS.max_steps)
+    single = state.steps.ndim == 0
+
+    def running(s, limit):
+        return (s.steps < limit) & (s.status == going)
+
+    def steps_to(s, limit):  # one run steps only while it runs: active is then constant
+        return jax.lax.while_loop(
+            lambda s: jnp.any(running(s, limit)),
+            lambda s: step(s, True if single else running(s, limit)),
+            s,
+        )
+
+    if history is None:
+        return steps_to(state, stop), None
+    n_rows = 1 + (max_steps + record_every - 1) // record_every
+
+    def due(s, h):
+        target = jnp.minimum(h.next * record_every, max_steps)
+        return (h.next < n_rows) & ((s.steps >= target) | (s.status != going))
+
+    def pending(t):
+        s, h = t
+        return jnp.any(due(s, h) | ((h.next < n_rows) & running(s, stop)))
+
+    def phase(t):
+        s, h = t
+        s = steps_to(s, jnp.minimum(jnp.minimum(h.next * record_every, max_steps), stop))
+        now = due(s, h)
+        rows = _write(h.rows, h.next, now, record(s))
+        after = jnp.where(s.status == going, h.next + 1, n_rows)
+        return s, History(rows, jnp.where(now, after, h.next).astype(h.next.dtype))
+
+    return jax.lax.while_loop(pending, phase, (state, history))
+
+
 def iterate(
-    loop: Loop, state: LoopState, max_steps: int, record_every: int
+    loop: Loop,
+    state: LoopState,
+    max_steps: Array | int,
+    record_every: Array | int,
+    rows: int | None = None,
 ) -> tuple[LoopState, dict[str, Array]]:
     """Step one run until ``max_steps`` steps or a status other than ``max_steps``, recording
-    `Loop.record` at steps 0, record_every, 2 record_every, ... and at the last step.
+    `Loop.record` at steps 0, record_every, 2 record_every, ... and at the last step (`advance`).
 
-    A while loop over record blocks, each a while loop over steps: the record (and
-    ``model.metrics``) is traced once, so it compiles once.
+    The record (and ``model.metrics``) is traced once, so it compiles once.
 
     Args:
       loop: from `build`.
       state: the starting state, ``loop.init(params)``.
-      max_steps: the step budget (static, >= 1).
-      record_every: steps between records (static, >= 1).
+      max_steps: the step budget (>= 1; may be traced).
+      record_every: steps between records (>= 1; may be traced).
+      rows: the history's length T (static); default (for Python ints)
+        ``history_rows(max_steps, record_every)``. A larger T leaves the extra rows NaN.
 
     Returns:
-      (final state, history): history maps each record key to a (T,) array with
-      T = 1 + ceil(max_steps / record_every); rows after an early stop are NaN (step -1).
+      (final state, history): history maps each record key to a (T,) array; rows after an
+      early stop are NaN (step -1).
     """
-    T = 1 + -(-max_steps // record_every)
-    rows = jax.eval_shape(loop.record, state)
-    history0 = {
-        k: jnp.full((T,) + v.shape, -1 if k == "step" else jnp.nan, v.dtype)
-        for k, v in rows.items()
-    }
-    going = int(RESULTS.max_steps)
-
-    def block(carry):
-        s, b, history = carry
-        stop = jnp.minimum(b * record_every, max_steps)
-        s = jax.lax.while_loop(
-            lambda s: (s.steps < stop) & (s.status == going), lambda s: loop.step(s), s
-        )
-        row = loop.record(s)
-        history = {k: h.at[b].set(row[k]) for k, h in history.items()}
-        return s, b + 1, history
-
-    state, _, history = jax.lax.while_loop(
-        lambda c: (c[1] < T) & ((c[1] == 0) | (c[0].status == going)),
-        block,
-        (state, jnp.asarray(0), history0),
+    if rows is None:
+        rows = history_rows(max_steps, record_every)
+    history = start_history(loop.record, state, rows)
+    state, history = advance(
+        loop.step, loop.record, state, history, max_steps, max_steps, record_every
     )
-    return state, history
+    return state, history.rows

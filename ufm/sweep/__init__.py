@@ -25,14 +25,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ufm._static import Static
+from ufm.loop import history_rows
 from ufm.sweep.checkpoint import Checkpoint
+from ufm.sweep.driver import ChunkRun, Clock
 from ufm.sweep.io import load_sweep, versions
-from ufm.sweep.kernel import Static, call_memory, compiled_chunk, compiled_metrics
-from ufm.sweep.layout import Layout, check_devices, chunk_size_for, make_layout, to_global, to_host
+from ufm.sweep.kernel import Config
+from ufm.sweep.layout import Layout, check_devices, chunk_size_for, make_layout, to_host
 from ufm.sweep.plan import Plan, config_hash, make_plan
 from ufm.sweep.progress import Progress
 from ufm.sweep.result import Sweep
@@ -60,6 +62,7 @@ def sweep(
     keep_params: bool = False,
     progress: bool = True,
     on_chunk: Callable[[int, int], None] | None = None,
+    checkpoint_every: float = 60.0,
 ) -> Sweep:
     """Optimise `model` for every seed at every point of a hyperparameter grid, in compiled,
     batched, sharded chunks; returns a `Sweep` of arrays shaped (grid axes..., seed).
@@ -124,15 +127,24 @@ def sweep(
         raise ValueError(f"progress must be True or False, got progress={progress!r}")
     if on_chunk is not None and not callable(on_chunk):
         raise ValueError(f"on_chunk must be callable or None, got on_chunk={on_chunk!r}")
+    if isinstance(checkpoint_every, bool) or not (
+        isinstance(checkpoint_every, int | float) and 0 < checkpoint_every < float("inf")
+    ):
+        raise ValueError(
+            f"checkpoint_every must be a number of seconds > 0, got checkpoint_every="
+            f"{checkpoint_every!r}"
+        )
     R = len(plan.run_seeds)
     ckpt = None
     if checkpoint is not None:
         ckpt = Checkpoint(checkpoint, plan.config, chunk, R, writer=jax.process_index() == 0)
         chunk = ckpt.chunk  # resume with the checkpoint's chunks, whatever the devices now
-    layout = make_layout(R, devices, chunk, group_size)
-    st = _static(plan, layout, progress)
+    layout = make_layout(R, devices, chunk, group_size, plan.small)
+    cfg = _config(plan, layout)
     with Progress(progress, R, plan.max_steps) as bar:
-        parts, resumed, memory = _run_chunks(plan, layout, st, ckpt, bar, on_chunk)
+        parts, resumed, memory = _run_chunks(
+            plan, layout, cfg, ckpt, bar, on_chunk, progress, Clock(float(checkpoint_every))
+        )
     meta = {
         "config": plan.config,
         "config_hash": config_hash(plan.config),
@@ -144,7 +156,8 @@ def sweep(
         "chunk_size": layout.chunk,
         "group_size": layout.group,
         "chunks": layout.n_chunks,
-        "resumed_chunks": resumed,
+        "resumed_chunks": resumed["chunks"],
+        "resumed_steps": resumed["steps"],
         "bytes_per_device_and_call": memory,
         "seconds": time.perf_counter() - t_start,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -152,99 +165,77 @@ def sweep(
     return _assemble(plan, parts, meta)
 
 
-def _static(plan: Plan, layout: Layout, progress: bool) -> Static:
-    """The compiled code's configuration (the key of its cache)."""
-    return Static(
+def _config(plan: Plan, layout: Layout) -> Config:
+    """The compiled code's configuration (the key of its caches)."""
+    return Config(
         treedef=plan.treedef,
-        optimizer=plan.optimizer,
+        optimizer=Static(plan.optimizer),
         is_factory=plan.is_factory,
         hparam_names=tuple(sorted(plan.hparams)),
-        max_steps=plan.max_steps,
-        record_every=plan.record_every,
+        rows=plan.rows,
         use_tol=plan.tol is not None,
         keep_params=plan.keep_params,
         group=layout.group,
         vmap_init=not layout.on_cpu,
-        progress=progress,
-        split_metrics=plan.record_every is None and hasattr(plan.model, "metrics"),
         mesh=layout.mesh,
     )
 
 
-def _dispatch(plan: Plan, layout: Layout, st: Static, start: int, token: int, measure: bool):
-    """Dispatch (asynchronously) the call of runs start..start + padded (past the last run:
-    copies of it); returns (device outputs, bytes per device and call if `measure`, else
-    None)."""
-    R = len(plan.run_seeds)
-    idx = np.minimum(np.arange(start, start + layout.padded), R - 1)
-    runs, replicated = layout.runs, layout.replicated
-    args = (
-        [to_global(x[idx], runs) for x in plan.leaves],
-        {n: to_global(plan.hparams[n][idx], runs) for n in st.hparam_names},
-        to_global(plan.run_seeds[idx].astype(np.int32), runs),
-        to_global(np.asarray(token, np.int32), replicated),
-    )
-    if st.use_tol:
-        args += (to_global(np.asarray(plan.tol, jnp.result_type(float)), replicated),)
-    fn = compiled_chunk(st)
-    memory = call_memory(st, fn, args, layout.padded) if measure else None
-    out = fn(*args)
-    if st.split_metrics:  # compiled (the first time) while the loop runs
-        out = dict(out)
-        params = out["params"] if plan.keep_params else out.pop("params")
-        out.update(compiled_metrics(st)(args[0], params))
-    return out, memory
-
-
-def _run_chunks(plan: Plan, layout: Layout, st: Static, ckpt, bar: Progress, on_chunk):
+def _run_chunks(plan, layout, cfg, ckpt, bar, on_chunk, progress, clock):
     """Every chunk, loaded from the checkpoint or computed, in order.
 
-    Chunk k is dispatched before chunk k - 1 is collected, so the host work of one chunk
-    (transfer, checkpoint, progress) overlaps the computation of the next.
+    Chunk k is started (and its first segment dispatched) before chunk k - 1 is collected, so
+    the host work of one chunk (transfer, checkpoint, progress) overlaps the computation of the
+    next.
 
     Returns:
-      (per chunk host outputs, chunks resumed from the checkpoint, bytes per device and call).
+      (per chunk host outputs, {"chunks": chunks loaded whole from the checkpoint, "steps":
+      steps of a chunk's saved state it resumed from}, bytes per device and call).
     """
     R, chunk, n_chunks = len(plan.run_seeds), layout.chunk, layout.n_chunks
+    rows = history_rows(plan.max_steps, plan.record_every or plan.max_steps)
     parts: list[dict[str, np.ndarray]] = []
-    resumed, memory, pending = 0, None, None
+    resumed, memory, pending = {"chunks": 0, "steps": 0}, None, None
     for k in range(n_chunks + 1):
         current = None
         if k < n_chunks:
-            start, stop = k * chunk, min((k + 1) * chunk, R)
-            saved = ckpt.load(k, start, stop) if ckpt is not None else None
-            if saved is not None:
-                current = (k, start, stop, None, saved, 0)
+            span = k * chunk, min((k + 1) * chunk, R)
+            saved = ckpt.load(k, *span) if ckpt is not None else None
+            run = None
+            if saved is None:
+                run = ChunkRun(plan, layout, cfg, k, span, ckpt, bar, progress, clock)
+                run.begin(measure=memory is None)
+                memory = run.memory if memory is None else memory
+                resumed["steps"] += run.resumed_steps
             else:
-                token = bar.token()
-                device_out, measured = _dispatch(plan, layout, st, start, token, memory is None)
-                memory = measured if memory is None else memory
-                current = (k, start, stop, device_out, None, token)
+                resumed["chunks"] += 1
+            current = (k, span, saved, run)
         if pending is not None:
-            j, start, stop, device_out, out, token = pending
-            if out is None:
-                out = _flatten_out(to_host(device_out), stop - start)
+            j, (start, stop), out, _ = pending
+            if out is None:  # computed: final values on the devices
+                out = _flatten_out(to_host(pending[3].final), stop - start, rows)
                 if ckpt is not None:
                     ckpt.save(j, start, stop, out)
-            else:
-                resumed += 1
             parts.append(out)
-            bar.chunk_done(token, stop - start, stop, j, n_chunks)
+            bar.chunk_done(j, stop - start, stop, n_chunks)
             if on_chunk is not None:
                 on_chunk(j + 1, n_chunks)
+        if current is not None and current[3] is not None:
+            current[3].final = current[3].complete()
         pending = current
     return parts, resumed, memory
 
 
-def _flatten_out(res: dict, n: int) -> dict[str, np.ndarray]:
-    """Host outputs of one chunk, trimmed to its n real runs; parameters as params/<i>."""
+def _flatten_out(res: dict, n: int, rows: int) -> dict[str, np.ndarray]:
+    """Host outputs of one chunk, trimmed to its n real runs and histories to their `rows` rows;
+    parameters as params/<i>."""
     out = {}
     for k, v in res.items():
         if k == "params":
             for i, leaf in enumerate(jax.tree.leaves(v)):
                 out[f"params/{i}"] = np.asarray(leaf)[:n]
         else:
-            out[k] = np.asarray(v)[:n]
+            out[k] = np.asarray(v)[:n, :rows] if k.startswith("history/") else np.asarray(v)[:n]
     return out
 
 

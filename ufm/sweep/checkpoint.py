@@ -1,5 +1,6 @@
 """Crash-safe files: atomic writes (temporary file, fsync, rename) and the checkpoint directory of
-a sweep, one file per finished chunk, from which the same call resumes."""
+a sweep: one file per finished chunk, and the state of the chunk in progress (parameters,
+optimizer state, steps, history so far), from which the same call resumes."""
 
 from __future__ import annotations
 
@@ -37,12 +38,13 @@ def atomic_write(path: str, write: Callable) -> None:
 
 
 class Checkpoint:
-    """A directory: ``sweep.json`` (configuration, its hash, chunking) and one
-    ``chunk-NNNNNN.npz`` per finished chunk, each written atomically.
+    """A directory: ``sweep.json`` (configuration, its hash, chunking), one
+    ``chunk-NNNNNN.npz`` per finished chunk and ``state-NNNNNN.npz``, the state of a chunk in
+    progress (every run's loop state and history after some steps), each written atomically.
 
     Opening the directory of another sweep (another configuration hash) raises ValueError naming
-    the differing keys; a chunk file that cannot be read is reported (a warning naming it) and
-    its chunk recomputed, never trusted.
+    the differing keys; a file that cannot be read is reported (a warning naming it) and its
+    chunk recomputed, never trusted.
     """
 
     def __init__(self, path, config: dict, chunk: int, n_runs: int, writer: bool):
@@ -89,9 +91,13 @@ class Checkpoint:
         """The file of chunk k."""
         return os.path.join(self.path, f"chunk-{k:06d}.npz")
 
-    def load(self, k: int, start: int, stop: int) -> dict[str, np.ndarray] | None:
-        """Chunk k's saved outputs (runs start..stop), or None when it must be computed."""
-        path = self.file(k)
+    def state_file(self, k: int) -> str:
+        """The file of chunk k's state in progress."""
+        return os.path.join(self.path, f"state-{k:06d}.npz")
+
+    def _read(self, path: str, start: int, stop: int) -> dict[str, np.ndarray] | None:
+        """The arrays of a chunk or state file for runs start..stop, or None (with a warning
+        naming the file when it exists but cannot be used)."""
         if not os.path.exists(path):
             return None
         try:
@@ -99,25 +105,53 @@ class Checkpoint:
                 out = {name: z[name] for name in z.files}
             span = int(out.pop("__start")), int(out.pop("__stop"))
         except Exception as e:  # noqa: BLE001 - any unreadable file is recomputed
-            warnings.warn(
-                f"checkpoint file {path} is unreadable ({type(e).__name__}: {e}); "
-                "recomputing its chunk",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
+            return _unusable(path, f"is unreadable ({type(e).__name__}: {e})")
         if span != (start, stop):
-            warnings.warn(
-                f"checkpoint file {path} holds runs {span[0]}..{span[1]}, not {start}..{stop}; "
-                "recomputing its chunk",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
+            return _unusable(path, f"holds runs {span[0]}..{span[1]}, not {start}..{stop}")
         return out
 
+    def load(self, k: int, start: int, stop: int) -> dict[str, np.ndarray] | None:
+        """Chunk k's saved outputs (runs start..stop), or None when it must be computed."""
+        return self._read(self.file(k), start, stop)
+
     def save(self, k: int, start: int, stop: int, out: dict[str, np.ndarray]) -> None:
-        """Write chunk k's outputs (runs start..stop) atomically (by the writing process)."""
+        """Write chunk k's outputs (runs start..stop) atomically (by the writing process), and
+        drop its state in progress."""
         if self.writer:
             arrays = dict(out, __start=np.asarray(start), __stop=np.asarray(stop))
             atomic_write(self.file(k), lambda f: np.savez(f, **arrays))
+            if os.path.exists(self.state_file(k)):
+                os.remove(self.state_file(k))
+
+    def load_state(
+        self, k: int, start: int, stop: int, like: list[tuple[tuple[int, ...], np.dtype]]
+    ) -> tuple[int, list[np.ndarray]] | None:
+        """Chunk k's state in progress: (steps reached, the carry's leaves for runs
+        start..stop), checked against `like` (per leaf: shape without the run axis, dtype);
+        None when there is none or it cannot be used (then the chunk starts afresh)."""
+        path = self.state_file(k)
+        out = self._read(path, start, stop)
+        if out is None:
+            return None
+        leaves = [out.get(f"leaf/{i}") for i in range(len(like))]
+        ok = "__pos" in out and len(out) == len(like) + 1
+        ok = ok and all(
+            x is not None and x.shape == (stop - start, *shape) and x.dtype == dtype
+            for x, (shape, dtype) in zip(leaves, like, strict=True)
+        )
+        if not ok:
+            return _unusable(path, "does not hold the state of this sweep's chunk")
+        return int(out["__pos"]), leaves
+
+    def save_state(self, k: int, start: int, stop: int, pos: int, leaves: list) -> None:
+        """Write chunk k's state after `pos` steps (the carry's leaves, runs start..stop)."""
+        if self.writer:
+            arrays = {f"leaf/{i}": np.asarray(x) for i, x in enumerate(leaves)}
+            arrays.update(__start=np.asarray(start), __stop=np.asarray(stop), __pos=np.asarray(pos))
+            atomic_write(self.state_file(k), lambda f: np.savez(f, **arrays))
+
+
+def _unusable(path: str, why: str) -> None:
+    warnings.warn(f"checkpoint file {path} {why}; recomputing its chunk", RuntimeWarning,
+                  stacklevel=3)  # fmt: skip
+    return None

@@ -13,6 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ufm._static import Static
 from ufm.sweep.kernel import RUN_AXIS
 from ufm.sweep.plan import Plan, cached
 
@@ -62,17 +63,16 @@ def _bytes_per_run(plan: Plan) -> int:
     """An estimate of the memory one run needs inside a chunk: its carry (parameters, optimizer
     state, gradient) about four times over (proposal, temporaries), plus history rows."""
     hp = tuple(sorted((k, float(v[0])) for k, v in plan.hparams.items()))
-    nbytes = cached(_carry_bytes, plan.model, plan.optimizer, plan.is_factory, hp)
+    nbytes = cached(_carry_bytes, plan.model, Static(plan.optimizer), plan.is_factory, hp)
     per = 4 * (2 * nbytes) + 64 * 8
-    if plan.record_every is not None:
-        per += (2 + plan.max_steps // plan.record_every) * 64 * 8
+    per += plan.rows * 64 * 8
     return int(per)
 
 
 @functools.lru_cache(maxsize=256)
-def _carry_bytes(model, optimizer, is_factory, hp) -> int:
+def _carry_bytes(model, optimizer: Static, is_factory, hp) -> int:
     params = jax.eval_shape(model.init, jax.random.key(0))
-    tx = optimizer(**dict(hp)) if is_factory else optimizer
+    tx = optimizer.value(**dict(hp)) if is_factory else optimizer.value
     state = jax.eval_shape(tx.init, params)
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, state)))
 
@@ -113,16 +113,17 @@ def chunk_size_for(plan: Plan, devices: list, chunk_size, memory_budget) -> int:
     return min(chunk, R)
 
 
-def make_layout(n_runs: int, devices: list, chunk: int, group_size) -> Layout:
+def make_layout(n_runs: int, devices: list, chunk: int, group_size, small: bool) -> Layout:
     """The layout of `n_runs` runs in chunks of `chunk` over `devices`, `group_size` runs per
-    vmapped loop (default: 1 on CPU, where a run's arrays stay in cache, else every run of the
-    device's shard)."""
+    vmapped loop (default: every run of the device's shard on accelerators and, for small
+    problems, on CPU; one run at a time for larger problems on CPU, where a run's arrays stay
+    in cache)."""
     _check_count("group_size", group_size)
     n_dev = len(devices)
     local = -(-chunk // n_dev)  # runs per device and call
     on_cpu = devices[0].platform == "cpu"
     if group_size is None:
-        group = 1 if on_cpu else local
+        group = 1 if on_cpu and not small else local
     else:
         group = min(int(group_size), local)
     local = -(-local // group) * group

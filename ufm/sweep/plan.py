@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ufm._static import Static
+from ufm.loop import history_capacity
 from ufm.models._base import check_int
 from ufm.solve import check_tol, default_optimizer
 
@@ -47,6 +49,8 @@ class Plan:
     tol: float | None
     keep_params: bool
     config: dict  # JSON-able identity of the sweep (hashed for checkpoints)
+    rows: int  # history rows kept per run: 0 without record_every, else a power of 2 >= T
+    small: bool  # at most SMALL_PARAMS parameters per run (batched on CPU too)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,17 +154,18 @@ def model_meta(model) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The optimizer: default, factory checks, fingerprint
 # ----------------------------------------------------------------------------------------------
-_DEFAULT_OPTIMIZERS: dict[Any, optax.GradientTransformation] = {}
+SMALL_PARAMS = 8192  # a run with at most this many parameters is "small" (see ufm.sweep)
 
 
 def _default_optimizer_for(model) -> optax.GradientTransformation:
-    """The optimizer `ufm.solve` would use, one object per model structure (so that repeated
-    sweeps hit the compilation cache)."""
-    key = (type(model), jax.tree_util.tree_structure(model))
-    if key not in _DEFAULT_OPTIMIZERS:
-        own = getattr(model, "default_optimizer", None)
-        _DEFAULT_OPTIMIZERS[key] = default_optimizer() if own is None else own()
-    return _DEFAULT_OPTIMIZERS[key]
+    """The optimizer `ufm.solve` would use: the model's own default, else
+    `ufm.solve.default_optimizer` (L-BFGS with a bounded backtracking search, which vmaps)."""
+    own = getattr(model, "default_optimizer", None)
+    return default_optimizer() if own is None else own()
+
+
+def _parameter_count(model) -> int:
+    return sum(x.size for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))))
 
 
 def _check_optimizer(model, optimizer, grid, fields) -> tuple[Any, bool]:
@@ -230,11 +235,12 @@ def _leaf_key(leaves) -> tuple:
 
 
 @functools.lru_cache(maxsize=256)
-def _optimizer_fingerprint(optimizer, is_factory, names, model, leaf_key) -> str:
+def _optimizer_fingerprint(key: Static, is_factory, names, model, leaf_key) -> str:
     """A description of the optimizer and a hash of its update as a jaxpr (literals included),
     stable across processes: equal for equal optimizers, different for different constants.
-    (Cached: `model` hashes by identity for dataclasses without eq, so `leaf_key` adds the
-    values it depends on.)"""
+    (Cached by what the optimizer computes, `key`; `model` hashes by identity for dataclasses
+    without eq, so `leaf_key` adds the values it depends on.)"""
+    optimizer = key.value
     desc = describe(optimizer) if is_factory else "GradientTransformation"
     try:
         params = jax.eval_shape(model.init, jax.random.key(0))
@@ -411,7 +417,7 @@ def make_plan(
     S, n_grid = shape[-1], int(np.prod(shape[:-1], dtype=np.int64))
     fingerprint = cached(
         _optimizer_fingerprint,
-        optimizer,
+        Static(optimizer),
         is_factory,
         tuple(sorted(hparams)),
         model,
@@ -447,4 +453,6 @@ def make_plan(
         tol=tol,
         keep_params=keep_params,
         config=config,
+        rows=0 if record_every is None else history_capacity(max_steps, record_every),
+        small=_parameter_count(model) <= SMALL_PARAMS,
     )
