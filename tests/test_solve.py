@@ -1,12 +1,16 @@
 """The compiled loop: any optax optimizer, recording, early stop at tolerance, divergence marked
 and frozen (or raised with throw=True), the public loop pieces of `ufm.loop` under jit and vmap,
-vmap over models, validation (a start of the wrong shape is named)."""
+vmap over models, no compilation for new values, budgets or equal optimizers, validation (a
+start of the wrong shape is named)."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _compiles import count_compiles
 
 import ufm
 from ufm.loop import RESULTS
@@ -21,10 +25,7 @@ def test_sgd_matches_a_python_gradient_descent_loop(key):
     """20 steps of optax.sgd inside the compiled loop equal 20 hand-written GD steps."""
     lr, steps = 0.3, 20
     res = ufm.solve(MODEL, key, steps=steps, optimizer=optax.sgd(lr), record_every=5)
-    p = MODEL.init(key)
-    grad = jax.jit(jax.grad(MODEL.objective))
-    for _ in range(steps):
-        p = jax.tree.map(lambda x, g: x - lr * g, p, grad(p))
+    p = _gd(MODEL, key, lr, steps)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14), res.params, p
     )
@@ -34,6 +35,37 @@ def test_sgd_matches_a_python_gradient_descent_loop(key):
     np.testing.assert_allclose(res.history["objective"][-1], res.objective, rtol=1e-14)
     assert res.history["objective"][0] == pytest.approx(float(MODEL.objective(MODEL.init(key))))
     assert {"nc1", "nc2", "nc3", "nc4", "grad_norm"} <= set(res.history)
+
+
+def _gd(model, key, lr, steps):
+    """`steps` hand-written gradient descent steps from model.init(key)."""
+    p = model.init(key)
+    grad = jax.jit(jax.grad(model.objective))
+    for _ in range(steps):
+        p = jax.tree.map(lambda x, g: x - lr * g, p, grad(p))
+    return p
+
+
+def test_new_values_budgets_and_equal_optimizers_compile_nothing(key):
+    """A second solve with new hyperparameter values, a new key, a new step budget (with and
+    without record_every) and a new optimizer object equal to the first: no backend
+    compilation, and the numbers of a hand-written loop."""
+    ufm.solve(MODEL, key, steps=20, optimizer=optax.sgd(0.3), record_every=5)
+    ufm.solve(MODEL, key, steps=20, optimizer=optax.sgd(0.3))
+    ufm.solve(MODEL, key, steps=20, tol=1e-9)
+    model, key2 = dataclasses.replace(MODEL, lam_W=3e-2, lam_H=2e-3), jax.random.key(7)
+    with count_compiles() as compiles:
+        res = ufm.solve(model, key2, steps=27, optimizer=optax.sgd(0.3), record_every=6)
+        plain = ufm.solve(model, key2, steps=33, optimizer=optax.sgd(0.3))
+        default = ufm.solve(model, key2, steps=41, tol=1e-9)
+    assert compiles == []
+    np.testing.assert_array_equal(res.history["step"], [0, 6, 12, 18, 24, 27])
+    p = _gd(model, key2, 0.3, 27)
+    np.testing.assert_allclose(res.objective, model.objective(p), rtol=1e-12)
+    np.testing.assert_allclose(plain.objective, model.objective(_gd(model, key2, 0.3, 33)),
+                               rtol=1e-12)  # fmt: skip
+    assert plain.history["step"].tolist() == [0, 33]
+    assert int(default.steps) <= 41 and float(default.grad_norm) <= 1e-9
 
 
 def test_record_every_not_dividing_steps_records_the_last_step(key):

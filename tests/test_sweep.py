@@ -1,6 +1,8 @@
-"""ufm.sweep: equal to independent ufm.solve runs, no recompilation when only values change,
-chunking, checkpoint/resume after SIGKILL, refusal of a foreign checkpoint, divergence isolation,
-progress, files, records and summaries, validation, the TOML CLI, and the fused UFM gradient.
+"""ufm.sweep: equal to independent ufm.solve runs, no recompilation when only values, budgets or
+optimizer objects change, the default optimizer vmapped on small problems, chunking,
+checkpoint/resume after SIGKILL (between and within chunks), refusal of a foreign checkpoint,
+divergence isolation, progress, files, records and summaries, validation, the TOML CLI, and the
+fused UFM gradient.
 
 Every sweep here is tiny and most share one compiled function (same structure and run count),
 so the module stays fast on two slow cores. Values are compared in float64."""
@@ -8,6 +10,7 @@ so the module stays fast on two slow cores. Values are compared in float64."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _compiles import count_compiles
 
 import ufm
 from ufm.cli.config import ConfigError, read_config
@@ -27,6 +31,7 @@ MODEL = ufm.UFM(K=3, d=4, n=2, lam_W=1e-2, lam_H=1e-2, lam_b=1e-2)
 GRID = {"lam_W": [1e-3, 1e-2], "learning_rate": [0.1, 0.3]}
 KW = dict(seeds=2, steps=20, optimizer=optax.sgd, record_every=5, progress=False)
 SAME = 1e-10  # batched vs unbatched float64: agreement up to the rounding of matrix products
+GAP = 1e-12  # relative gap to the closed-form optimum of a run converged to tol=1e-10
 
 # the sweep of the SIGKILL test, run by a child process and by this one
 RESUME_SCRIPT = """
@@ -46,8 +51,27 @@ def stall(done, total):
         print("saved 2 chunks", flush=True)
         time.sleep(600)
 
+def run_long(checkpoint=None):  # one chunk of 8 runs, its state written every 0.05 s
+    return ufm.sweep(MODEL, GRID, seeds=2, steps=600, optimizer=optax.sgd, record_every=50,
+                     progress=False, checkpoint=checkpoint, checkpoint_every=0.05)
+
+def stall_after_state():
+    from ufm.sweep.checkpoint import Checkpoint
+    save = Checkpoint.save_state
+
+    def save_then_stall(self, *args):
+        save(self, *args)
+        print("saved a state", flush=True)
+        time.sleep(600)
+
+    Checkpoint.save_state = save_then_stall
+
 if __name__ == "__main__":
-    run(sys.argv[1], stall)
+    if sys.argv[2:] == ["mid"]:
+        stall_after_state()
+        run_long(sys.argv[1])
+    else:
+        run(sys.argv[1], stall)
 """
 
 
@@ -68,13 +92,10 @@ def resume_module(tmp_path_factory):
     return path, resume_sweep
 
 
-OPT = {lr: optax.sgd(lr) for lr in (0.1, 0.2, 0.3)}  # one object per rate: solve compiles once
-
-
 def _solve(lam_W, lr, seed, model=MODEL, steps=20, record_every=5):
     model = dataclasses.replace(model, lam_W=lam_W)
     key = jax.random.key(seed)
-    return ufm.solve(model, key, steps=steps, optimizer=OPT[lr], record_every=record_every)
+    return ufm.solve(model, key, steps=steps, optimizer=optax.sgd(lr), record_every=record_every)
 
 
 # --- results --------------------------------------------------------------------------------------
@@ -119,23 +140,50 @@ def test_fixed_values_and_seed_lists():
 
 def test_changing_values_does_not_recompile(base):
     """Other grid values, other model leaves, other seeds: no backend compilation."""
-    compiles = []
-
-    def listener(name, secs, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            compiles.append(secs)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        grid = {"lam_W": [2e-3, 5e-2], "learning_rate": [0.05, 0.2]}
-        model = dataclasses.replace(MODEL, lam_H=3e-2, lam_b=0.0)
+    grid = {"lam_W": [2e-3, 5e-2], "learning_rate": [0.05, 0.2]}
+    model = dataclasses.replace(MODEL, lam_H=3e-2, lam_b=0.0)
+    with count_compiles() as compiles:
         sw = ufm.sweep(model, grid, **dict(KW, seeds=[7, 11]))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
     assert not np.allclose(sw.objective, base.objective)  # the new values were used
     res = _solve(5e-2, 0.2, 11, model=model)
     np.testing.assert_allclose(sw.objective[1, 1, 1], res.objective, rtol=SAME)
+
+
+def test_the_call_a_user_writes_compiles_once(capfd):
+    """The call as a user writes it, repeated with a new equal optimizer object (progress on),
+    new values and a new step budget, with and without a history: no backend compilation the
+    second time, and the numbers of independent solves."""
+
+    def call(lam_W, steps, record_every=None):
+        return ufm.sweep(MODEL, {"lam_W": [lam_W, 2 * lam_W]}, seeds=2, steps=steps,
+                         optimizer=optax.sgd(0.3), record_every=record_every)  # fmt: skip
+
+    call(1e-3, 20)
+    call(1e-3, 20, record_every=5)
+    with count_compiles() as compiles:
+        sw = call(5e-3, 27)
+        hist = call(5e-3, 17, record_every=4)
+    assert compiles == []
+    assert "sweep 4 runs" in capfd.readouterr().err
+    res = _solve(1e-2, 0.3, 1, steps=27, record_every=None)
+    np.testing.assert_allclose(sw.objective[1, 1], res.objective, rtol=SAME)
+    res = _solve(1e-2, 0.3, 1, steps=17, record_every=4)
+    np.testing.assert_array_equal(hist.history["step"][1, 1], [0, 4, 8, 12, 16, 17])
+    np.testing.assert_allclose(hist.history["objective"][1, 1], res.history["objective"],
+                               rtol=SAME)  # fmt: skip
+
+
+def test_default_optimizer_vmaps_small_problems_to_the_optimum():
+    """Defaults on a small problem: the runs of a device step together in one vmapped loop of
+    `ufm.optimizers.lbfgs` and each reaches the closed-form optimum."""
+    lams = [1e-3, 1e-2, 5e-2]
+    sw = ufm.sweep(MODEL, {"lam_W": lams}, seeds=2, steps=200, tol=1e-10, progress=False)
+    assert sw.meta["group_size"] == 6
+    assert (sw.status == 0).all()
+    for i, lam in enumerate(lams):
+        opt = ufm.optimum(dataclasses.replace(MODEL, lam_W=lam))
+        np.testing.assert_allclose(sw.objective[i], [opt.value] * 2, rtol=GAP)
 
 
 @pytest.mark.parametrize("group_size", [1, 4])
@@ -169,23 +217,37 @@ def test_chunks_to_a_memory_budget_give_the_same_results(base):
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
-def test_resume_after_sigkill_is_identical(tmp_path, resume_module):
-    """A child process is killed (SIGKILL) after 2 of 4 chunks; the same call resumes from the
-    checkpoint and ends with exactly the results of an uninterrupted sweep."""
-    script, mod = resume_module
-    ckpt = tmp_path / "ckpt"
-    cmd = [sys.executable, str(script), str(ckpt)]
+def _kill_when(script, ckpt, line: str, *args) -> None:
+    """Run the resume script in a child process and SIGKILL it once it prints `line`."""
+    cmd = [sys.executable, str(script), str(ckpt), *args]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=env) as child:  # fmt: skip
         try:
-            line = child.stdout.readline()
-            assert line.strip() == "saved 2 chunks", child.stderr.read()
+            got = child.stdout.readline()
+            assert got.strip() == line, child.stderr.read()
             child.send_signal(signal.SIGKILL)
             assert child.wait(timeout=60) == -signal.SIGKILL
         finally:
             if child.poll() is None:
                 child.kill()
+
+
+def _assert_identical(a, b) -> None:
+    for name in ("objective", "grad_norm", "steps_taken", "status"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for k in b.metrics:
+        np.testing.assert_array_equal(a.metrics[k], b.metrics[k])
+    for k in b.history:
+        np.testing.assert_array_equal(a.history[k], b.history[k])
+
+
+def test_resume_after_sigkill_is_identical(tmp_path, resume_module):
+    """A child process is killed (SIGKILL) after 2 of 4 chunks; the same call resumes from the
+    checkpoint and ends with exactly the results of an uninterrupted sweep."""
+    script, mod = resume_module
+    ckpt = tmp_path / "ckpt"
+    _kill_when(script, ckpt, "saved 2 chunks")
     names = sorted(os.listdir(ckpt))
     assert names[:3] == ["chunk-000000.npz", "chunk-000001.npz", "sweep.json"], names
     (ckpt / "chunk-000002.npz.tmp123").write_bytes(b"partial")  # a write cut short: ignored
@@ -193,15 +255,32 @@ def test_resume_after_sigkill_is_identical(tmp_path, resume_module):
     resumed = mod.run(str(ckpt))
     assert resumed.meta["resumed_chunks"] == 2
     fresh = mod.run()
-    for name in ("objective", "grad_norm", "steps_taken", "status"):
-        np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name))
-    for k in fresh.metrics:
-        np.testing.assert_array_equal(resumed.metrics[k], fresh.metrics[k])
-    for k in fresh.history:
-        np.testing.assert_array_equal(resumed.history[k], fresh.history[k])
+    _assert_identical(resumed, fresh)
     again = mod.run(str(ckpt))  # a finished checkpoint: nothing left to compute
     assert again.meta["resumed_chunks"] == 4
     np.testing.assert_array_equal(again.objective, fresh.objective)
+
+
+def test_resume_within_a_chunk_after_sigkill_is_identical(tmp_path, resume_module):
+    """One chunk of 8 runs x 600 steps whose state (parameters, optimizer state, steps, history
+    so far) is written every 0.05 s: killed (SIGKILL) right after a write, the same call
+    continues from the written steps and ends bit-identical to an uninterrupted sweep."""
+    script, mod = resume_module
+    ckpt, cut = tmp_path / "ckpt", tmp_path / "cut"
+    _kill_when(script, ckpt, "saved a state", "mid")
+    assert sorted(os.listdir(ckpt)) == ["state-000000.npz", "sweep.json"]
+    shutil.copytree(ckpt, cut)
+    resumed = mod.run_long(str(ckpt))
+    assert resumed.meta["resumed_chunks"] == 0 and 0 < resumed.meta["resumed_steps"] < 600
+    assert sorted(os.listdir(ckpt)) == ["chunk-000000.npz", "sweep.json"]  # state dropped
+    fresh = mod.run_long()
+    _assert_identical(resumed, fresh)
+    state = (cut / "state-000000.npz").read_bytes()  # a state cut short: named, recomputed
+    (cut / "state-000000.npz").write_bytes(state[: len(state) // 2])
+    with pytest.warns(RuntimeWarning, match=r"state-000000\.npz is unreadable"):
+        again = mod.run_long(str(cut))
+    assert again.meta["resumed_steps"] == 0
+    _assert_identical(again, fresh)
 
 
 def test_unreadable_checkpoint_chunk_is_named_and_recomputed(tmp_path, resume_module):

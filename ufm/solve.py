@@ -7,7 +7,6 @@ import functools
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import Array
@@ -215,7 +214,7 @@ def solve(
         rows=rows,
     )  # fmt: skip
     if rows > needed:  # trimmed on the host: slicing on the device would compile per length
-        res = res._replace(history={k: jnp.asarray(np.asarray(v)[:needed])
+        res = res._replace(history={k: jax.device_put(np.asarray(v)[:needed])
                                     for k, v in res.history.items()})  # fmt: skip
     if throw:
         status = RESULTS(int(res.status))
