@@ -1,20 +1,25 @@
-"""Sweeps: every seed x every point of a hyperparameter grid in one compiled call per chunk of
-runs, chunked to a memory budget, sharded over all devices (and hosts), checkpointed, with
-progress, and saved in an open format.
+"""Sweeps: every seed x every point of a hyperparameter grid in compiled, batched chunks of runs,
+chunked to a memory budget, sharded over all devices (and hosts), checkpointed within chunks,
+with progress, and saved in an open format.
 
     sw = ufm.sweep(ufm.UFM(K=10, d=64, n=50), grid={"lam_W": [1e-4, 1e-3], "learning_rate": 0.5},
                    seeds=8, steps=1000, optimizer=optax.sgd)
     sw.objective.shape == (2, 8)        # grid axes in order, then seed
 
-How it is fast: a model is a pytree whose numeric hyperparameters are leaves, so one compiled
-function serves every grid point and changing only values never recompiles. The run axis of a
-chunk is split over devices with a 1-D mesh; on each device the runs go through one loop over
-optimizer steps (`ufm.loop`), vmapped over all of them on an accelerator, one run after another
-on CPU (where a run's arrays stay in cache and unbatched matrix products are fastest).
+How it is fast: a model is a pytree whose numeric hyperparameters are leaves, and the step
+budget and record interval are arguments, so one compiled function serves every grid point and
+budget; optimizers are keyed by what they compute (`ufm._static.Static`), so an equal optimizer
+built anew (``optax.sgd(0.5)`` in every call) reuses it. The run axis of a chunk is split over
+devices with a 1-D mesh; on each device the runs go through one loop over optimizer steps
+(`ufm.loop`), vmapped over all of them on an accelerator and for small problems on CPU, one run
+after another for larger problems on CPU (where a run's arrays stay in cache and unbatched
+matrix products are fastest). The host drives a chunk in segments of steps (progress and
+checkpoints between them, no host callback in the compiled loop).
 
 The parts, in the order a call uses them: `plan` (arguments checked, grid laid out as per-run
 inputs), `layout` (chunks, devices, groups), `checkpoint` (resume), `kernel` (the compiled
-chunk), `progress` (the bar), `result` (the `Sweep`), `io` (its file).
+start, advance and finish of a chunk), `driver` (the segments of a chunk), `progress` (the
+bar), `result` (the `Sweep`), `io` (its file).
 """
 
 from __future__ import annotations
@@ -85,15 +90,19 @@ def sweep(
       optimizer: an optax GradientTransformation used by every run, or a factory of one whose
         arguments are grid keys, e.g. ``optax.sgd`` or ``lambda learning_rate, momentum:
         optax.sgd(learning_rate, momentum)`` (the clearer way to sweep optimizer
-        hyperparameters; keep the same factory object across calls to reuse the compilation).
-        Default: the model's ``default_optimizer()`` or `ufm.solve.default_optimizer()`.
+        hyperparameters). Equal optimizers and factories (same code, same constants) share
+        the compiled code, whether or not they are the same object. Default: the model's
+        ``default_optimizer()``, else `ufm.solve.default_optimizer()` (`ufm.optimizers.lbfgs`,
+        which has no branch per run and so steps many runs together in one vmapped loop).
       record_every: also record a history (objective, stationarity, metrics) every this many
         steps. Default: final values only.
       checkpoint: a directory; every finished chunk is written there atomically (temporary
-        file, fsync, rename). Calling `sweep` again with the same arguments after a crash or
-        kill resumes from the finished chunks and gives results identical to an uninterrupted
-        sweep; a checkpoint of a different sweep raises ValueError (never mixed), an unreadable
-        chunk file is reported (a warning naming it) and recomputed.
+        file, fsync, rename), and the state of the chunk in progress (parameters, optimizer
+        state, steps, history so far) at least every `checkpoint_every` seconds. Calling
+        `sweep` again with the same arguments after a crash or kill resumes from the finished
+        chunks and the written state, and gives results identical to an uninterrupted sweep;
+        a checkpoint of a different sweep raises ValueError (never mixed), an unreadable
+        file is reported (a warning naming it) and its chunk recomputed.
       zip_axes: groups of grid keys whose lists are tied (one axis, equal lengths) instead of
         crossed, e.g. ``[("lam_W", "lam_H")]``.
       tol: stop a run once its stationarity measure is <= tol (status converged). None
@@ -107,13 +116,19 @@ def sweep(
       devices: the devices to shard the run axis over (a 1-D mesh). Default: ``jax.devices()``,
         every device of every process after ``jax.distributed.initialize()``.
       group_size: runs stepped together in one vmapped loop on each device; the groups of a
-        chunk run one after another. Default: 1 on CPU (a run's arrays stay in cache and
-        unbatched matrix products are the fastest there: 1.7x less CPU time than vmapping 32
-        runs on B1), every run of the chunk on accelerators (one batched kernel per op).
+        chunk run one after another. Default: every run of the device's share of the chunk on
+        accelerators (one batched kernel per op), and on CPU for small problems (at most 8192
+        parameters per run, where one run's steps are too small to keep a core busy); 1 on
+        CPU for larger problems (a run's arrays stay in
+        cache and unbatched matrix products are fastest: 1.7x less CPU time than vmapping
+        32 runs of B1).
       keep_params: also return the final parameters of every run (memory: runs x model size).
-      progress: show a tqdm progress bar (run-steps done, runs done, rate, ETA) on stderr.
+      progress: show a tqdm progress bar (run-steps done, runs done, rate, ETA) on stderr,
+        updated about twice a second between segments of steps.
       on_chunk: called as ``on_chunk(chunks_done, chunks_total)`` after each chunk is done
         (and saved, with a checkpoint).
+      checkpoint_every: with a checkpoint, the most seconds of work a crash may lose: the
+        state of the chunk in progress is written at least this often (default 60).
 
     Returns:
       A `Sweep`. A run that hits NaN/inf is frozen at its last finite iterate and marked in
