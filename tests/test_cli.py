@@ -1,9 +1,17 @@
 """`ufm demo`: prints the theory-vs-simulation table, writes the figure, exits 0 when gaps are
-small; bad options fail with a message naming the parameter."""
+small; bad options fail with a message naming the parameter; the persistent compilation cache is
+on for the time of a command (off with --no-compile-cache)."""
 
+import jax
 import pytest
 
 from ufm.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """The commands' compilation cache goes to a temporary directory, never the user's."""
+    monkeypatch.setenv("UFM_CACHE_DIR", str(tmp_path / "jax-cache"))
 
 
 def test_demo_small_problem(tmp_path, capsys):
@@ -63,6 +71,19 @@ def test_run_then_check_compares_with_theory(tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.count("objective") == 2  # one table per seed
     assert "||W||_F/||H||_F" in text
+
+
+def test_compilation_cache_is_on_for_a_command_and_can_be_turned_off(tmp_path, capsys):
+    """A command fills the cache directory and leaves JAX's settings as they were;
+    --no-compile-cache writes nothing."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(RUN_TOML.format(lam_H="2e-3").replace("d = 4", "d = 6"))  # not compiled yet
+    before = jax.config.jax_compilation_cache_dir
+    assert main(["run", str(cfg), "--cache-dir", str(tmp_path / "on")]) == 0
+    assert any((tmp_path / "on").iterdir())
+    assert jax.config.jax_compilation_cache_dir == before
+    assert main(["run", str(cfg), "--no-compile-cache", "--cache-dir", str(tmp_path / "off")]) == 0
+    assert not (tmp_path / "off").exists()
 
 
 def test_run_refuses_a_grid_axis_and_names_it(tmp_path, capsys):

@@ -468,6 +468,13 @@ out = "ce.npz"
 """
 
 
+@pytest.fixture
+def cache_in_tmp(tmp_path, monkeypatch):
+    """The command's compilation cache goes to a temporary directory, never the user's."""
+    monkeypatch.setenv("UFM_CACHE_DIR", str(tmp_path / "jax-cache"))
+
+
+@pytest.mark.usefixtures("cache_in_tmp")
 def test_cli_sweep_runs_a_toml_file(base, tmp_path, capsys):
     """The same sweep as `base`, from a file: same numbers, saved next to the file."""
     from ufm.cli import main
@@ -497,6 +504,7 @@ def test_cli_sweep_runs_a_toml_file(base, tmp_path, capsys):
         (("n = 2", "n = 2 ="), "invalid TOML"),
     ],
 )
+@pytest.mark.usefixtures("cache_in_tmp")
 def test_cli_bad_config_names_file_table_and_key(tmp_path, capsys, edit, match):
     from ufm.cli import main
 

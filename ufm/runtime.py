@@ -8,16 +8,30 @@ environment variable ``UFM_CPU_DEVICES`` (``UFM_CPU_DEVICES=1`` opts out), a
 or JAX backends already started (then JAX keeps what it has; ``cpu_devices_note()`` says why).
 
 **Compilation cache.** `enable_compilation_cache` stores compiled executables on disk, so a new
-process that solves a problem seen before skips XLA compilation (the CLI turns it on).
+process that solves a problem seen before skips XLA compilation; `compilation_cache` does the
+same for the time of a block (the command line uses it for every command but ``bench``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import jax
 
-__all__ = ["enable_compilation_cache", "default_cache_dir", "cpu_devices_note"]
+__all__ = [
+    "enable_compilation_cache",
+    "compilation_cache",
+    "default_cache_dir",
+    "cpu_devices_note",
+]
+
+_CACHE_OPTIONS = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
 
 _NOTE = ["not set yet"]
 
@@ -79,6 +93,22 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str | os.PathLike | None = None) -> Iterator[str]:
+    """`enable_compilation_cache` for the time of a ``with`` block (yields the directory); the
+    previous settings are restored after it and JAX's cache is reopened with them."""
+    from jax.experimental.compilation_cache.compilation_cache import reset_cache
+
+    before = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+    reset_cache()  # JAX opens its cache once, at the first compilation after it is set
+    try:
+        yield enable_compilation_cache(path)
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+        reset_cache()
 
 
 _use_every_cpu_core()  # at import, before any other ufm module can start JAX's backends

@@ -253,11 +253,31 @@ def _summary_table(sw, keys=("objective", "nc1", "nc2", "nc3")) -> str:
     return "\n".join([fmt.format(*head), *(fmt.format(*c) for c in lines)])
 
 
+def _cache_options() -> argparse.ArgumentParser:
+    """The options every command but ``bench`` takes: JAX's persistent compilation cache."""
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not use JAX's persistent compilation cache (on by default: a command run "
+        "again skips compiling what it compiled before)",
+    )
+    c.add_argument(
+        "--cache-dir",
+        default=None,
+        help="the compilation cache's directory (default: $UFM_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/ufm/jax, else ~/.cache/ufm/jax)",
+    )
+    return c
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ufm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    cache = _cache_options()
     d = sub.add_parser(
         "demo",
+        parents=[cache],
         help="solve a UFM to its global optimum and compare with the closed form",
         description="Solve a regularised UFM with L-BFGS in float64, print a theory-vs-simulation "
         "table (objective, NC1-NC4, Gram of W vs the predicted frame, norm ratio) and save a "
@@ -280,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     w = sub.add_parser(
         "sweep",
+        parents=[cache],
         help="run a sweep (seeds x hyperparameter grid) described in a TOML file and save it",
         description="Run `ufm.sweep` as described in CONFIG.toml, print the median and 95% "
         "interval over seeds of the objective and NC metrics per grid point, and save the sweep "
@@ -293,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_sweep)
     r = sub.add_parser(
         "run",
+        parents=[cache],
         help="solve one model described in a TOML file (all [grid] values numbers) and save it",
         description="Solve the model of CONFIG.toml (the schema of `ufm sweep`, with numbers only "
         "in [grid]) for its seeds, keep the final parameters and save them; `ufm check` compares "
@@ -303,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_run)
     c = sub.add_parser(
         "check",
+        parents=[cache],
         help="compare a saved run (or sweep with parameters) with the global optimum",
         description="Load a file written by `ufm run` (or `Sweep.save` with keep_params=True) "
         "and print, for every run, the theory-vs-simulation table of `ufm.check`: against the "
@@ -327,7 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.command == "bench" or args.no_compile_cache:  # benchmarks time cold starts
+        return args.func(args)
+    from ufm.runtime import compilation_cache
+
+    with compilation_cache(args.cache_dir):
+        return args.func(args)
 
 
 if __name__ == "__main__":
