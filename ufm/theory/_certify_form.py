@@ -104,10 +104,10 @@ class ConvexForm(Model):
             )
         if np.any(w <= 0) or (self.loss == "ce" and np.any(T < 0)):
             raise ValueError("weights must be > 0 (and CE targets >= 0)")
-        atoms = tuple(int(a) for a in self.atoms)
-        if atoms and (min(atoms) < 0 or max(atoms) >= w.shape[0]):
-            raise ValueError(f"atoms must index the M={w.shape[0]} atoms, got atoms={atoms!r}")
-        return {"atoms": atoms}
+        atoms = np.asarray(self.atoms, dtype=int).reshape(-1)
+        if atoms.size and (atoms.min() < 0 or atoms.max() >= w.shape[0]):
+            raise ValueError(f"atoms must index the M={w.shape[0]} atoms, got atoms={self.atoms!r}")
+        return {"atoms": tuple(atoms.tolist())}
 
     @property
     def K(self) -> int:

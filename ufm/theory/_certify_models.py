@@ -33,7 +33,7 @@ def _atoms_form(model, loss, targets, atom_of, R, c_W, c_H, ball=False, bias=Fal
         ball=ball,
         bias=bias,
         lam_b=lam_b,
-        atoms=tuple(int(a) for a in atom_of),
+        atoms=tuple(atom_of.tolist()),
     )
 
 
@@ -45,7 +45,7 @@ def _labels(model) -> np.ndarray:
 @register_form(ufm.UFM, positive=("lam_W", "lam_H"))
 def _ufm(model: ufm.UFM) -> ConvexForm:
     """CE, label smoothing or MSE, any counts and bias mode."""
-    atoms = tuple(int(k) for k in _labels(model))
+    atoms = tuple(_labels(model).tolist())
     return ufm_form(model.counts, model.loss, model.lam_W, model.lam_H, alpha=model.alpha,
                     bias=model.bias, lam_b=model.lam_b, atoms=atoms)  # fmt: skip
 
@@ -85,7 +85,7 @@ def _noisy(model: ufm.NoisyUFM) -> ConvexForm:
 @register_form(ufm.LayerPeeled)
 def _layer_peeled(model: ufm.LayerPeeled) -> ConvexForm:
     """Both feature budgets, CE or MSE."""
-    atoms = tuple(int(k) for k in _labels(model))
+    atoms = tuple(_labels(model).tolist())
     return lpm_form(model.counts, model.E_W, model.E_H, model.h_budget, model.loss, atoms)
 
 

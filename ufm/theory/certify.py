@@ -29,7 +29,15 @@ from ufm.theory._certify_form import (
 )
 from ufm.theory._certify_solve import dual_at, solve_form
 
-__all__ = ["STATUS", "Certificate", "ConvexForm", "NoCertificate", "certify", "dual_bound"]
+__all__ = [
+    "STATUS",
+    "Certificate",
+    "ConvexForm",
+    "NoCertificate",
+    "certify",
+    "convex_form",
+    "dual_bound",
+]
 
 
 class STATUS(enum.IntEnum):
@@ -152,6 +160,7 @@ def _finish(models, forms, sol, tol, rank_rtol) -> Certificate:
 
 
 _finish_jit = jax.jit(_finish, static_argnames=("rank_rtol",))
+_forms_jit = jax.jit(lambda build, models: jax.vmap(build)(models), static_argnums=0)
 _solve_jit = jax.jit(jax.vmap(solve_form, in_axes=(0, None, None, None)), static_argnums=(2, 3))
 
 
@@ -159,14 +168,6 @@ def solve_forms(forms: ConvexForm, tol, max_steps: int = 200_000, check_every: i
     """`solve_form` over a batch of forms (leading axis), compiled once per form shape whatever
     the counts (`without_atoms`)."""
     return _solve_jit(without_atoms(forms), tol, max_steps, check_every)
-
-
-def _builder(model):
-    """The form builder of `model`, tried on its first element so that a model without a convex
-    form raises NoCertificate before anything is traced."""
-    build = form_builder(model)
-    build(jax.tree.map(lambda x: np.asarray(x).reshape(-1)[0] if np.ndim(x) else x, model))
-    return build
 
 
 def certify(
@@ -216,13 +217,13 @@ def certify(
         if not np.all(np.isfinite(np.asarray(x, dtype=float))):
             name = names[i] if i < len(names) else f"leaf {i}"
             raise ValueError(f"{name} must be finite, got {name}={x!r}")
-    build = _builder(model)
+    build = form_builder(model)  # NoCertificate when the model has no form
     shape = np.broadcast_shapes(*(np.shape(x) for x in leaves))
     size = int(np.prod(shape))
     with jax.enable_x64(jnp.dtype(dtype) == jnp.float64):
         batch = [jnp.broadcast_to(jnp.asarray(x, dtype), shape).reshape(size) for x in leaves]
         models = treedef.unflatten(batch)
-        forms = jax.vmap(build)(models)  # eager: small arrays, no compilation
+        forms = _forms_jit(build, models)  # NoCertificate (focal loss, ...) while tracing
         sol = solve_forms(forms, tol, max_steps, check_every)
         cert = _finish_jit(models, forms, sol, tol, rank_rtol)
         cert = jax.tree.map(lambda x: x.reshape(shape + x.shape[1:]), cert)
