@@ -173,10 +173,10 @@ def solve_forms(forms: ConvexForm, tol, max_steps: int = 200_000, check_every: i
 def certify(
     model,
     *,
-    tol: float = 1e-10,
+    tol: float | None = None,
     max_steps: int = 200_000,
     check_every: int = 10,
-    rank_rtol: float = 1e-9,
+    rank_rtol: float | None = None,
     dtype: Any = jnp.float64,
 ) -> Certificate:
     """A certified global optimum of `model` from the convex form of its objective.
@@ -191,10 +191,12 @@ def certify(
       model: a `ufm.UFM` (loss "ce", "ls" or "mse", any counts, any bias mode), `ufm.NoisyUFM`,
         `ufm.MultiLabelUFM`, `ufm.LayerPeeled` (both feature budgets), or any model with a
         ``convex_form()`` method (see `ufm.ConvexForm`) whose parameters are `ufm.Params`.
-      tol: the relative duality gap to reach (> 0); 1e-10 and below are reachable in float64.
+      tol: the relative duality gap to reach (> 0); default 1e-10 in float64 (1e-12 is
+        reachable), 1e-5 in float32.
       max_steps: the step budget of the solver (>= 1).
       check_every: steps between two evaluations of the duality gap (>= 1).
-      rank_rtol: singular values below rank_rtol times the largest count as zero (rank).
+      rank_rtol: singular values below rank_rtol times the largest count as zero (rank);
+        default 1e-9 in float64, 1e-4 in float32.
       dtype: jnp.float64 (default; run with x64 enabled locally) or jnp.float32.
 
     Returns:
@@ -205,12 +207,14 @@ def certify(
         sphere, deep models), or a weight decay that the reduction needs is 0.
       ValueError: a bad argument or a non-finite hyperparameter, naming it.
     """
-    tol = check_real("tol", tol, strict=True)
-    max_steps = check_int("max_steps", max_steps, 1)
-    check_every = check_int("check_every", check_every, 1)
-    rank_rtol = check_real("rank_rtol", rank_rtol, strict=True)
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.float64), jnp.dtype(jnp.float32)):
         raise ValueError(f"dtype must be float64 or float32, got dtype={dtype!r}")
+    x64 = jnp.dtype(dtype) == jnp.dtype(jnp.float64)
+    tol = check_real("tol", (1e-10 if x64 else 1e-5) if tol is None else tol, strict=True)
+    max_steps = check_int("max_steps", max_steps, 1)
+    check_every = check_int("check_every", check_every, 1)
+    rank_rtol = (1e-9 if x64 else 1e-4) if rank_rtol is None else rank_rtol
+    rank_rtol = check_real("rank_rtol", rank_rtol, strict=True)
     names = getattr(type(model), "_leaves", ())
     leaves, treedef = jax.tree.flatten(model)
     for i, x in enumerate(leaves):
@@ -220,7 +224,7 @@ def certify(
     build = form_builder(model)  # NoCertificate when the model has no form
     shape = np.broadcast_shapes(*(np.shape(x) for x in leaves))
     size = int(np.prod(shape))
-    with jax.enable_x64(jnp.dtype(dtype) == jnp.float64):
+    with jax.enable_x64(x64):
         batch = [jnp.broadcast_to(jnp.asarray(x, dtype), shape).reshape(size) for x in leaves]
         models = treedef.unflatten(batch)
         forms = _forms_jit(build, models)  # NoCertificate (focal loss, ...) while tracing
