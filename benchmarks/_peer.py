@@ -31,14 +31,25 @@ def _labels(K: int, n: int):
     return torch.arange(K).repeat_interleave(n)
 
 
+def _start(K, d, n, seed, dtype=None):
+    """W, H (entries N(0, 1/d)) and b = 0 as leaf tensors that require gradients, and labels."""
+    dtype = dtype or torch.float32
+    g = torch.Generator().manual_seed(seed)
+    W = (torch.randn(K, d, generator=g, dtype=dtype) / d**0.5).requires_grad_()
+    H = (torch.randn(d, K * n, generator=g, dtype=dtype) / d**0.5).requires_grad_()
+    b = torch.zeros(K, dtype=dtype, requires_grad=True)
+    return W, H, b, _labels(K, n)
+
+
+def _objective(W, H, b, y, lam_W, lam_H, lam_b):
+    """The CE UFM objective: mean CE of the logits W h_i + b plus lam/2 squared norms."""
+    pen = 0.5 * (lam_W * (W * W).sum() + lam_H * (H * H).sum() + lam_b * (b * b).sum())
+    return F.cross_entropy(H.T @ W.T + b, y) + pen
+
+
 def eager_run(K, d, n, lam_W, lam_H, lam_b, lr, steps, seed) -> float:
     """One run of full-batch GD, eager, as in the public NC code; returns the final objective."""
-    g = torch.Generator().manual_seed(seed)
-    N = K * n
-    y = _labels(K, n)
-    W = (torch.randn(K, d, generator=g) / d**0.5).requires_grad_()
-    H = (torch.randn(d, N, generator=g) / d**0.5).requires_grad_()
-    b = torch.zeros(K, requires_grad=True)
+    W, H, b, y = _start(K, d, n, seed)
     opt = torch.optim.SGD(
         [
             {"params": [W], "weight_decay": lam_W},
@@ -53,9 +64,51 @@ def eager_run(K, d, n, lam_W, lam_H, lam_b, lr, steps, seed) -> float:
         loss.backward()
         opt.step()
     with torch.no_grad():
-        loss = F.cross_entropy(H.T @ W.T + b, y)
-        pen = 0.5 * (lam_W * (W * W).sum() + lam_H * (H * H).sum() + lam_b * (b * b).sum())
-        return float(loss + pen)
+        return float(_objective(W, H, b, y, lam_W, lam_H, lam_b))
+
+
+def gd_until(K, d, n, lams, lr, target, max_steps, check_every=100, seed=0, dtype=None):
+    """Eager GD (as `eager_run`) until the objective is <= target, checked every `check_every`
+    steps: (seconds, steps, final objective); steps is None when max_steps ran out first."""
+    W, H, b, y = _start(K, d, n, seed, dtype)
+    groups = [{"params": [p], "weight_decay": lam} for p, lam in zip((W, H, b), lams, strict=True)]
+    opt = torch.optim.SGD(groups, lr=lr)
+    t, taken, value = time.perf_counter(), None, float("inf")
+    for k in range(1, max_steps + 1):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(H.T @ W.T + b, y).backward()
+        opt.step()
+        if k % check_every == 0:
+            with torch.no_grad():
+                value = float(_objective(W, H, b, y, *lams))
+            if value <= target:
+                taken = k
+                break
+    return time.perf_counter() - t, taken, value
+
+
+def lbfgs_run(K, d, n, lams, iterations, seed=0, dtype=None, converge=False):
+    """`torch.optim.LBFGS(line_search_fn="strong_wolfe")` (its defaults otherwise: history 100)
+    for at most `iterations` iterations in one ``step``; with ``converge=False`` its stopping
+    tolerances are 0 (it takes every iteration), else its defaults. Returns (seconds, final
+    objective)."""
+    W, H, b, y = _start(K, d, n, seed, dtype)
+    tolerances = {} if converge else {"tolerance_grad": 0.0, "tolerance_change": 0.0}
+    opt = torch.optim.LBFGS(
+        [W, H, b], max_iter=iterations, line_search_fn="strong_wolfe", **tolerances
+    )
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = _objective(W, H, b, y, *lams)
+        loss.backward()
+        return loss
+
+    t = time.perf_counter()
+    opt.step(closure)
+    seconds = time.perf_counter() - t
+    with torch.no_grad():
+        return seconds, float(_objective(W, H, b, y, *lams))
 
 
 def eager_sweep(K, d, n, lam_Ws, seeds, lam_H, lam_b, lr, steps) -> tuple[float, list[float]]:
@@ -109,12 +162,7 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 def large_problem_step_seconds(K, d, n, lam, lr, steps) -> float:
     """Seconds per GD step of one large eager run (B5): the mean over `steps` after one warm-up."""
-    g = torch.Generator().manual_seed(0)
-    N = K * n
-    y = _labels(K, n)
-    W = (torch.randn(K, d, generator=g) / d**0.5).requires_grad_()
-    H = (torch.randn(d, N, generator=g) / d**0.5).requires_grad_()
-    b = torch.zeros(K, requires_grad=True)
+    W, H, b, y = _start(K, d, n, 0)
     opt = torch.optim.SGD([W, H, b], lr=lr, weight_decay=lam)
 
     def step():

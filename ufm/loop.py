@@ -153,7 +153,8 @@ def build(
     ``model.objective`` with every entry of the new parameters and gradient checked. A model with
     ``project(params)`` is kept feasible by projecting after every update; line-search optimizers
     (L-BFGS) reuse the value and gradient they computed at the accepted point when there is no
-    projection.
+    projection, and an optimizer whose ``update`` takes ``value_and_grad_fn``
+    (`ufm.optimizers.lbfgs`) line-searches with the model's own value and gradient.
 
     Args:
       model: a ufm model (``objective``; optionally ``value_and_grad``, ``project``, ``metrics``).
@@ -180,7 +181,9 @@ def build(
         return project is None and _value_in_state(opt_state)
 
     def finite(value, grad, params, opt_state):
-        if own_vg is not None and not reuses_state(opt_state):
+        # the model's own value_and_grad promises a non-finite value for any non-finite entry;
+        # a state's value came from it too when the optimizer line-searched with it
+        if own_vg is not None and (fused or not reuses_state(opt_state)):
             return jnp.isfinite(value)
         return jnp.isfinite(value) & all_finite(grad) & all_finite(params)
 
