@@ -189,3 +189,23 @@ def test_root_finder_bracket_tolerance_and_log_scale():
         bracket(lambda x: -1.0, 1.0, 2.0, limit=1e6)
     with pytest.raises(ValueError, match="lo < hi"):
         bisect(cube, 2.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        ufm.SupConUFM(K=3, d=4, n=2, tau=0.5),  # bare features, no classifier
+        ufm.FixedETFUFM(K=3, d=4, n=(2, 3, 1), E_H=1.0),  # bare features, fixed classifier
+        ufm.RegressionUFM(d=3, Y=np.linspace(-1, 1, 10).reshape(2, 5), lam_W=1e-2, lam_H=1e-2),
+        ufm.MaxMarginUFM(K=3, d=4, n=2),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_check_takes_every_parameter_layout(model, key):
+    """At the closed-form optimum the report is exact; at a random start it is not."""
+    at_opt = ufm.check(model, ufm.optimum(model).params)
+    assert abs(at_opt.gap) < 1e-12 and at_opt.gram_gap_H < 1e-12
+    assert math.isnan(at_opt.gram_gap_W) == (type(model) is ufm.SupConUFM)  # no classifier
+    start = ufm.check(model, model.init(key))
+    assert start.gap > 1e-3 and start.gram_gap_H > 1e-3
+    assert start.table().splitlines()[0] == "optimum: closed form"

@@ -35,6 +35,16 @@ def _gram_gap(X, X_star) -> float:
     return float(gram_gap(X @ X.T, X_star @ X_star.T))
 
 
+def _factors(model, params) -> tuple[np.ndarray | None, np.ndarray]:
+    """(W, H) of a parameter pytree with fields W and H, or of a bare (d, N) feature array with the
+    model's fixed classifier ``model.W`` (None for a model without one)."""
+    if hasattr(params, "H"):
+        W = getattr(params, "W", None)
+        return (None if W is None else np.asarray(W)), np.asarray(params.H)
+    W = getattr(model, "W", None)
+    return (None if W is None else np.asarray(W)), np.asarray(params)
+
+
 def _norm(x) -> float:
     return float(np.linalg.norm(np.asarray(x)))
 
@@ -147,22 +157,23 @@ def check(model, params, opt: Optimum | None = None) -> CheckReport:
     f = float(model.objective(params))
     f_star = float(opt.value)
     metrics = {k: float(v) for k, v in model.metrics(params).items()}
-    zero = _norm(opt.params.W) == 0
+    W, H = _factors(model, params)
+    W_s, H_s = _factors(model, opt.params)
+    zero = _norm(H_s if W_s is None else W_s) == 0
     predicted = {} if zero else {k: float(v) for k, v in model.metrics(opt.params).items()}
-    W, H = np.asarray(params.W), np.asarray(params.H)
-    W_s, H_s = np.asarray(opt.params.W), np.asarray(opt.params.H)
-    Y = np.asarray(model.targets)  # (N, K): class means as H Y / counts
-    means, means_s = H @ Y / Y.sum(0), H_s @ Y / Y.sum(0)
+    labels = getattr(model, "labels", None)  # models with classes: compare the class means
+    Y = None if labels is None else np.eye(model.K)[np.asarray(labels)]
+    means, means_s = (H, H_s) if Y is None else (H @ Y / Y.sum(0), H_s @ Y / Y.sum(0))
     return CheckReport(
         objective=f,
         optimum=f_star,
         gap=(f - f_star) / abs(f_star),
         metrics=metrics,
         metrics_predicted=predicted,
-        gram_gap_W=_gram_gap(W, W_s),
+        gram_gap_W=math.nan if W is None else _gram_gap(W, W_s),
         gram_gap_H=_gram_gap(means.T, means_s.T),
-        norm_ratio=_norm(W) / _norm(H) if _norm(H) > 0 else math.nan,
-        norm_ratio_predicted=math.nan if zero else _norm(W_s) / _norm(H_s),
+        norm_ratio=math.nan if W is None or _norm(H) == 0 else _norm(W) / _norm(H),
+        norm_ratio_predicted=math.nan if zero or W is None else _norm(W_s) / _norm(H_s),
         zero_optimum=zero,
         source=source,
     )
