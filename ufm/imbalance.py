@@ -16,7 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm.metrics.imbalance import minority_classes, minority_cosine, minority_spread
-from ufm.theory.certified import *  # noqa: F403 (minority collapse from certificates)
+from ufm.theory.certified import (
+    CertifiedCurve,
+    certified_hong_ling_threshold,
+    certified_lpm_curve,
+    certified_lpm_threshold,
+    certified_minority_curve,
+)
 from ufm.theory.imbalance import (
     MergedLPM,
     hong_ling_ratio,
@@ -29,6 +35,11 @@ from ufm.theory.imbalance import (
 from ufm.theory.regularized import hong_ling_threshold
 
 __all__ = [
+    "CertifiedCurve",
+    "certified_hong_ling_threshold",
+    "certified_lpm_curve",
+    "certified_lpm_threshold",
+    "certified_minority_curve",
     "MergedLPM",
     "MinorityCurve",
     "hong_ling_ratio",
