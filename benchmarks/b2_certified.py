@@ -50,9 +50,11 @@ def _child(kind: str, budget: int, cache: str | None) -> None:
 
         compiles = []
         jax.monitoring.register_event_duration_secs_listener(
-            lambda name, secs, **kw: compiles.append(secs)
-            if name == "/jax/core/compile/backend_compile_duration"
-            else None
+            lambda name, secs, **kw: (
+                compiles.append(secs)
+                if name == "/jax/core/compile/backend_compile_duration"
+                else None
+            )
         )
         if cache:
             ufm.enable_compilation_cache(cache)
@@ -147,9 +149,10 @@ def main() -> int:
 
     warm = min(timed(solve)[0] for _ in range(args.repeats))
     res = solve()
+    final_gap = (float(res.objective) - best) / abs(best)
     out = {"benchmark": "B2", "optimum": best, "gap": GAP,
-           "ufm": {"steps": ufm_steps, "warm_s": warm, "cold": cold, "cold_cache_filling": filling,
-                   "cold_cached": cached, "final_gap": (float(res.objective) - best) / abs(best)}}  # fmt: skip
+           "ufm": {"steps": ufm_steps, "warm_s": warm, "cold": cold, "cold_cached": cached,
+                   "cold_cache_filling": filling, "final_gap": final_gap}}  # fmt: skip
     rows = [
         ["ufm.solve (default L-BFGS), warm", ufm_steps, f"{warm:.3f}", "1"],
         ["ufm.solve, cold (fresh process)", ufm_steps, f"{cold['process_s']:.2f}",
@@ -177,8 +180,9 @@ def main() -> int:
             cold_cached_vs_lbfgs_cold=lb_cold["process_s"] / cached["process_s"],
         )
         if not args.no_gd:
-            gd_s, gd_steps, gd_value = _peer.gd_until(K, D, N_PER, lams, 1.0, target,
-                                                      args.gd_max_steps, dtype=torch.float64)  # fmt: skip
+            gd_s, gd_steps, gd_value = _peer.gd_until(
+                K, D, N_PER, lams, 1.0, target, args.gd_max_steps, dtype=torch.float64
+            )
             gd_cold = gd_s + lb_cold["import_s"]
             out["gd"] = {"steps": gd_steps, "seconds": gd_s, "cold_s": gd_cold,
                          "final": gd_value}  # fmt: skip

@@ -198,8 +198,9 @@ def build(
         opt_state = tx.init(params)
         stat0 = stationarity(project, params, g0) if use_tol else jnp.zeros((), v0.dtype)
         ok = finite(v0, g0, params, opt_state)
-        zero = jnp.asarray(0)
-        return LoopState(params, opt_state, v0, g0, stat0, zero, status_of(ok, stat0))
+        zero = jnp.zeros((), int)  # strongly typed, as after a step: one signature for a carry
+        status = status_of(ok, stat0).astype(int)
+        return LoopState(params, opt_state, v0, g0, stat0, zero, status)
 
     def step(s: LoopState, active: Array | bool = True) -> LoopState:
         updates, new_state = tx.update(

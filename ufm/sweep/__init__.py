@@ -219,7 +219,7 @@ def _run_chunks(plan, layout, cfg, ckpt, bar, on_chunk, progress, clock):
             run = None
             if saved is None:
                 run = ChunkRun(plan, layout, cfg, k, span, ckpt, bar, progress, clock)
-                run.begin(measure=memory is None)
+                run.begin()
                 memory = run.memory if memory is None else memory
                 resumed["steps"] += run.resumed_steps
             else:

@@ -19,13 +19,7 @@ import jax
 import numpy as np
 
 from ufm.sweep.checkpoint import Checkpoint
-from ufm.sweep.kernel import (
-    Config,
-    call_memory,
-    compiled_advance,
-    compiled_finish,
-    compiled_start,
-)
+from ufm.sweep.kernel import Config, compiled_advance, compiled_finish, compiled_start, prepare
 from ufm.sweep.layout import Layout, to_global, to_host
 from ufm.sweep.plan import Plan
 from ufm.sweep.progress import Progress
@@ -107,18 +101,17 @@ class ChunkRun:
         self.resumed_steps = pos
         return pos, jax.tree_util.tree_unflatten(treedef, carry)
 
-    def begin(self, measure: bool) -> None:
+    def begin(self) -> None:
+        """Start the chunk (or resume its saved state) and dispatch its first segment."""
         self._inputs()
+        scalars = (self.budget, self.budget, self.every)
+        self.memory = prepare(self.cfg, self.args, self.seeds, scalars, self.tol, self.layout.runs)
         resumed = self._resume() if self.ckpt is not None else None
         if resumed is None:
             self.pos, self.carry = 0, compiled_start(self.cfg)(*self.args, self.seeds, *self.tol)
         else:
             self.pos, self.carry = resumed
-        if measure:
-            fn, args = compiled_advance(self.cfg), self._advance_args(self.plan.max_steps)
-            self.memory = call_memory(self.cfg, fn, args, self.layout.padded)
-        n = _FIRST_SEGMENT if self.segmented else self.plan.max_steps
-        self._dispatch(n)
+        self._dispatch(_FIRST_SEGMENT if self.segmented else self.plan.max_steps)
 
     def _advance_args(self, pos: int):
         stop = self.scalar(pos, np.int32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -29,7 +30,7 @@ __all__ = [
     "compiled_start",
     "compiled_advance",
     "compiled_finish",
-    "call_memory",
+    "prepare",
 ]
 
 RUN_AXIS = "runs"  # the mesh axis the runs are sharded over
@@ -210,18 +211,40 @@ def compiled_finish(cfg: Config):
     return _sharded(cfg, _finish_body, 3, 0, compiler_options=options)
 
 
-_CALL_MEMORY: dict[Any, int | None] = {}  # (configuration, call size) -> bytes
+_PREPARED: dict[Any, int | None] = {}  # (configuration, call size) -> bytes per advance call
 
 
-def call_memory(cfg: Config, fn, args, padded: int) -> int | None:
-    """Bytes one compiled call needs on a device (arguments, outputs, temporaries), as XLA
-    reports it (cached per configuration); None where the backend does not say."""
-    key = (cfg, padded)
-    if key not in _CALL_MEMORY:
+def prepare(cfg: Config, args: tuple, seeds, scalars: tuple, tol: tuple, runs) -> int | None:
+    """Compile `start`, `advance` and `finish` for one configuration and call size at once, in
+    threads (XLA compiles without the GIL: a cold sweep waits for the longest, not the sum),
+    unless done before. Returns the bytes one `advance` call needs on a device (arguments,
+    outputs, temporaries, as XLA reports it; None where the backend does not say).
+
+    Args:
+      cfg: the configuration.
+      args: (leaves, hparams), per-run global arrays; seeds: (R,) per-run seeds.
+      scalars: (stop, max_steps, record_every) replicated; tol: () or (tol,).
+      runs: the sharding of a per-run array (the carry's too).
+    """
+    key = (cfg, seeds.shape[0])
+    if key not in _PREPARED:
+        start, step, finish = compiled_start(cfg), compiled_advance(cfg), compiled_finish(cfg)
+        shapes = jax.eval_shape(start, *args, seeds, *tol)
+        carry = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=runs, weak_type=x.weak_type),
+            shapes,
+        )
+        lowered = [
+            start.lower(*args, seeds, *tol),
+            step.lower(*args, carry, *scalars, *tol),
+            finish.lower(*args, carry, *tol),
+        ]
+        with ThreadPoolExecutor(len(lowered)) as pool:
+            compiled = list(pool.map(lambda lo: lo.compile(), lowered))
         try:
-            m = fn.lower(*args).compile().memory_analysis()
+            m = compiled[1].memory_analysis()
             total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-            _CALL_MEMORY[key] = int(total)
+            _PREPARED[key] = int(total)
         except Exception:  # noqa: BLE001 - a report, never a failure
-            _CALL_MEMORY[key] = None
-    return _CALL_MEMORY[key]
+            _PREPARED[key] = None
+    return _PREPARED[key]
