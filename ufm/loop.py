@@ -94,12 +94,17 @@ class Loop(NamedTuple):
     stationarity(state) -> (): the stationarity measure at ``state.params``.
     record(state) -> dict[str, ()]: what a history stores at a record point: step, objective,
       grad_norm, and ``model.metrics`` unless built with ``metrics=False``.
+    attempt(state) -> LoopState: one unguarded step of a single run: the new state, whose
+      status is ``nonfinite`` (and iterate possibly not finite) when the step failed. A loop of
+      attempts that keeps the state before the last one (`advance`) guards a run without a
+      select per step.
     """
 
     init: Callable[[Any], LoopState]
     step: Callable[..., LoopState]
     stationarity: Callable[[LoopState], Array]
     record: Callable[[LoopState], dict[str, Array]]
+    attempt: Callable[[LoopState], LoopState]
 
 
 def tree_norm(t) -> Array:
@@ -202,7 +207,7 @@ def build(
         status = status_of(ok, stat0).astype(int)
         return LoopState(params, opt_state, v0, g0, stat0, zero, status)
 
-    def step(s: LoopState, active: Array | bool = True) -> LoopState:
+    def attempt(s: LoopState) -> LoopState:
         updates, new_state = tx.update(
             s.grad, s.opt_state, s.params, value=s.value, grad=s.grad, value_fn=f, **fused
         )
@@ -215,16 +220,22 @@ def build(
             new_value, new_grad = vg(new)
         ok = finite(new_value, new_grad, new, new_state)
         new_stat = stationarity(project, new, new_grad) if use_tol else s.stationarity
-        take = ok & active
+        steps = s.steps + jnp.ones((), s.steps.dtype)
+        return LoopState(new, new_state, new_value, new_grad, new_stat, steps,
+                         status_of(ok, new_stat).astype(s.status.dtype))  # fmt: skip
+
+    def step(s: LoopState, active: Array | bool = True) -> LoopState:
+        n = attempt(s)
+        take = (n.status != int(RESULTS.nonfinite)) & active
         keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(take, x, y), a, b)  # noqa: E731
         return LoopState(
-            keep(new, s.params),
-            keep(new_state, s.opt_state),
-            jnp.where(take, new_value, s.value),
-            keep(new_grad, s.grad),
-            jnp.where(take, new_stat, s.stationarity),
+            keep(n.params, s.params),
+            keep(n.opt_state, s.opt_state),
+            jnp.where(take, n.value, s.value),
+            keep(n.grad, s.grad),
+            jnp.where(take, n.stationarity, s.stationarity),
             s.steps + take.astype(s.steps.dtype),
-            jnp.where(active, status_of(ok, new_stat), s.status),
+            jnp.where(active, n.status, s.status),
         )
 
     def measure(s: LoopState) -> Array:
@@ -236,7 +247,7 @@ def build(
             row.update(model.metrics(s.params))
         return row
 
-    return Loop(init, step, measure, record)
+    return Loop(init, step, measure, record, attempt)
 
 
 class History(NamedTuple):
@@ -293,8 +304,7 @@ def _write(rows: dict[str, Array], index: Array, due: Array, row: dict[str, Arra
 
 
 def advance(
-    step: Callable,
-    record: Callable,
+    loop,
     state: LoopState,
     history: History | None,
     stop: Array | int,
@@ -307,11 +317,13 @@ def advance(
     Row b holds ``record`` after min(b record_every, max_steps) steps, or at the step where the
     run stopped (its last row; later rows stay NaN). The budget, the record interval and `stop`
     may be traced: one compiled loop serves every budget, and a run can be advanced in segments
-    (stop = 100, 200, ...) with results identical to one call.
+    (stop = 100, 200, ...) with results identical to one call. A single run steps by
+    ``loop.attempt`` keeping the state before the last attempt (restored if that one failed),
+    a batch by ``loop.step`` with the runs that must not move masked.
 
     Args:
-      step: ``step(state, active) -> state`` (`Loop.step`, or its vmap over a batch).
-      record: ``record(state) -> dict`` (`Loop.record`, or its vmap).
+      loop: a `Loop`, or an object with its ``step``, ``attempt`` and ``record`` acting on a
+        whole batch (``step(state, active)`` with a mask per run).
       state: the runs' state; a batch has leading axes on every leaf (``state.steps.shape``).
       history: from `start_history`, or None to record nothing.
       stop: step count at which to pause (<= max_steps).
@@ -321,18 +333,23 @@ def advance(
     Returns:
       (state, history).
     """
-    going = int(RESULTS.max_steps)
-    single = state.steps.ndim == 0
+    going, failed = int(RESULTS.max_steps), int(RESULTS.nonfinite)
+    record = loop.record
 
     def running(s, limit):
         return (s.steps < limit) & (s.status == going)
 
-    def steps_to(s, limit):  # one run steps only while it runs: active is then constant
-        return jax.lax.while_loop(
-            lambda s: jnp.any(running(s, limit)),
-            lambda s: step(s, True if single else running(s, limit)),
-            s,
+    def steps_to(s, limit):
+        if s.steps.ndim:  # a batch: runs that must not move are masked
+            return jax.lax.while_loop(
+                lambda s: jnp.any(running(s, limit)), lambda s: loop.step(s, running(s, limit)), s
+            )
+        before, s = jax.lax.while_loop(
+            lambda t: running(t[1], limit), lambda t: (t[1], loop.attempt(t[1])), (s, s)
         )
+        back = s.status == failed  # the last attempt failed: the state before it, frozen
+        kept = jax.tree.map(lambda a, b: jnp.where(back, a, b), before, s)
+        return kept._replace(status=s.status)
 
     if history is None:
         return steps_to(state, stop), None
@@ -384,7 +401,5 @@ def iterate(
     if rows is None:
         rows = history_rows(max_steps, record_every)
     history = start_history(loop.record, state, rows)
-    state, history = advance(
-        loop.step, loop.record, state, history, max_steps, max_steps, record_every
-    )
+    state, history = advance(loop, state, history, max_steps, max_steps, record_every)
     return state, history.rows

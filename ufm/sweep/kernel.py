@@ -83,6 +83,10 @@ class _Group:
         step = lambda lv, hp, s, a: self.model_loop(lv, hp)[1].step(s, a)  # noqa: E731
         return self.batched(step)(self.leaves, self.hparams, s, active)
 
+    def attempt(self, s: LoopState) -> LoopState:
+        attempt = lambda lv, hp, s: self.model_loop(lv, hp)[1].attempt(s)  # noqa: E731
+        return self.batched(attempt)(self.leaves, self.hparams, s)
+
     def record(self, s: LoopState) -> dict[str, jax.Array]:
         rec = lambda lv, hp, s: self.model_loop(lv, hp)[1].record(s)  # noqa: E731
         return self.batched(rec)(self.leaves, self.hparams, s)
@@ -143,9 +147,7 @@ def _advance_body(cfg: Config, leaves, hparams, carry, stop, max_steps, record_e
 
     def body(lv, hp, c):
         group = _Group(cfg, tol[0] if tol else None, lv, hp)
-        s, history = advance(
-            group.step, group.record, c["state"], c["history"], stop, max_steps, record_every
-        )
+        s, history = advance(group, c["state"], c["history"], stop, max_steps, record_every)
         return {"state": s, "history": history}
 
     return _by_group(cfg, body, leaves, hparams, carry)
