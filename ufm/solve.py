@@ -4,9 +4,11 @@ call (the loop of `ufm.loop`), recording statistics every k steps, and report ho
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import Array
@@ -209,10 +211,14 @@ def solve(
     if init is not None:
         _check_init(model, key, init)
     needed, rows = history_rows(steps, record_every), history_capacity(steps, record_every)
-    res = _solve_jit(
-        model, key, init, steps, record_every, tol, optimizer=Static(optimizer), metrics=metrics,
-        rows=rows,
-    )  # fmt: skip
+    split = metrics and needed == 2 and hasattr(model, "metrics")
+    args = (model, key, init, steps, record_every, tol)
+    kw = dict(optimizer=Static(optimizer), metrics=metrics and not split, rows=rows, start=split)
+    if split:  # the metrics of the two rows in their own executable, compiled alongside
+        _prepare(args, kw)
+    res, params0 = _solve_jit(*args, **kw)
+    if split:
+        res = res._replace(history={**res.history, **_metric_rows(model, params0, res)})
     if rows > needed:  # trimmed on the host: slicing on the device would compile per length
         res = res._replace(history={k: jax.device_put(np.asarray(v)[:needed])
                                     for k, v in res.history.items()})  # fmt: skip
@@ -224,11 +230,53 @@ def solve(
     return res
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "metrics", "rows"))
-def _solve_jit(model, key, init, steps, record_every, tol, *, optimizer, metrics, rows):
-    """One executable for a solve: the start (``model.init(key)`` unless `init` is given), the
-    loop and its records. The budget and record interval are traced (a new budget reuses it),
-    the optimizer is keyed by what it computes (`ufm._static.Static`)."""
+@functools.partial(jax.jit, static_argnames=("optimizer", "metrics", "rows", "start"))
+def _solve_jit(model, key, init, steps, record_every, tol, *, optimizer, metrics, rows, start):
+    """The executable of a solve: the start (``model.init(key)`` unless `init` is given), the
+    loop and its records; also the start itself when `start`. The budget and record interval
+    are traced (a new budget reuses it), the optimizer is keyed by what it computes
+    (`ufm._static.Static`)."""
     params0 = model.init(key) if init is None else init
-    return run(model, params0, optimizer.value, steps, record_every, tol, metrics=metrics,
-               rows=rows)  # fmt: skip
+    res = run(model, params0, optimizer.value, steps, record_every, tol, metrics=metrics,
+              rows=rows)  # fmt: skip
+    return res, (params0 if start else None)
+
+
+def _rows_body(model, params0, res: Result) -> dict[str, Array]:
+    """``model.metrics`` at the start and at the end, as two history rows (the second NaN when
+    the run recorded no second row: it stopped at its start)."""
+    first, last = model.metrics(params0), model.metrics(res.params)
+    done = res.history["step"][1] >= 0
+    return {k: jnp.stack([first[k], jnp.where(done, last[k], jnp.nan)]) for k in first}
+
+
+@functools.cache
+def _rows_jit(cpu: bool):
+    """`_rows_body` compiled once per structure; on CPU without the expensive LLVM passes (it
+    runs twice per solve: compiling is what costs)."""
+    return jax.jit(_rows_body, compiler_options={"xla_backend_optimization_level": 0} if cpu
+                   else None)  # fmt: skip
+
+
+def _metric_rows(model, params0, res: Result) -> dict[str, Array]:
+    return _rows_jit(jax.default_backend() == "cpu")(model, params0, res)
+
+
+_PREPARED: set = set()  # signatures whose two executables are compiled
+
+
+def _prepare(args: tuple, kw: dict) -> None:
+    """Compile a split solve's loop and its metric rows at once, in two threads (XLA compiles
+    without the GIL), the first time a signature is seen."""
+    avals = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args[:3])
+    signature = (jax.tree.structure(args), str(avals), args[5] is None, *sorted(kw.items()))
+    if signature in _PREPARED:
+        return
+    res, params0 = jax.eval_shape(functools.partial(_solve_jit, **kw), *args)
+    lowered = [
+        _solve_jit.lower(*args, **kw),
+        _rows_jit(jax.default_backend() == "cpu").lower(args[0], params0, res),
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda lo: lo.compile(), lowered))
+    _PREPARED.add(signature)
