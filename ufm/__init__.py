@@ -36,7 +36,17 @@ from ufm.models import (
 from ufm.runtime import enable_compilation_cache
 from ufm.solve import Result, solve
 from ufm.sweep import Sweep, load_sweep, sweep
-from ufm.theory import CheckReport, NoClosedForm, Optimum, check, optimum
+from ufm.theory import (
+    Certificate,
+    CheckReport,
+    ConvexForm,
+    NoCertificate,
+    NoClosedForm,
+    Optimum,
+    certify,
+    check,
+    optimum,
+)
 
 __all__ = [
     # the model protocol
@@ -68,6 +78,10 @@ __all__ = [
     "NoClosedForm",
     "check",
     "CheckReport",
+    "certify",
+    "Certificate",
+    "NoCertificate",
+    "ConvexForm",
     "nc_metrics",
     "enable_compilation_cache",
     # modules
