@@ -11,28 +11,12 @@ from ufm import (
     label_noise,
     loop,
     losses,
+    models,
     multilabel,
     plot,
 )
 from ufm.metrics import nc_metrics
-from ufm.models import (
-    UFM,
-    ClassLayout,
-    DeepParams,
-    ExtendedUFM,
-    FixedETFUFM,
-    LayerPeeled,
-    MaxMarginUFM,
-    Model,
-    MultiLabelUFM,
-    NoisyUFM,
-    NormalizedUFM,
-    Params,
-    RegressionUFM,
-    SupConUFM,
-    leaf,
-    static,
-)
+from ufm.models import *  # noqa: F403 (the model protocol and every model: models.__all__)
 from ufm.runtime import enable_compilation_cache
 from ufm.solve import Result, solve
 from ufm.sweep import Sweep, load_sweep, sweep
@@ -49,24 +33,7 @@ from ufm.theory import (
 )
 
 __all__ = [
-    # the model protocol
-    "Model",
-    "leaf",
-    "static",
-    "ClassLayout",
-    # models
-    "UFM",
-    "LayerPeeled",
-    "NormalizedUFM",
-    "ExtendedUFM",
-    "MultiLabelUFM",
-    "NoisyUFM",
-    "MaxMarginUFM",
-    "RegressionUFM",
-    "SupConUFM",
-    "FixedETFUFM",
-    "Params",
-    "DeepParams",
+    *models.__all__,  # the model protocol and every model
     # solving, sweeping, checking
     "solve",
     "Result",
@@ -93,6 +60,7 @@ __all__ = [
     "label_noise",
     "loop",
     "losses",
+    "models",
     "multilabel",
     "plot",
 ]

@@ -16,13 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm.metrics.imbalance import minority_classes, minority_cosine, minority_spread
-from ufm.theory.certified import (
-    CertifiedCurve,
-    certified_hong_ling_threshold,
-    certified_lpm_curve,
-    certified_lpm_threshold,
-    certified_minority_curve,
-)
+from ufm.theory import certified
+from ufm.theory.certified import *  # noqa: F403 (minority collapse from certificates)
 from ufm.theory.imbalance import (
     MergedLPM,
     hong_ling_ratio,
@@ -35,11 +30,7 @@ from ufm.theory.imbalance import (
 from ufm.theory.regularized import hong_ling_threshold
 
 __all__ = [
-    "CertifiedCurve",
-    "certified_hong_ling_threshold",
-    "certified_lpm_curve",
-    "certified_lpm_threshold",
-    "certified_minority_curve",
+    *certified.__all__,
     "MergedLPM",
     "MinorityCurve",
     "hong_ling_ratio",
