@@ -291,9 +291,9 @@ def test_hong_ling_threshold_in_every_bias_mode():
 def test_layer_peeled_R0_from_the_convex_form():
     """R_0 = 7.618013 (K_A = K_B = 2, E_W = 1, E_H = 2) and 12.19245 (K_A = K_B = 5, E_W = 1,
     E_H = 5), per-class budget; cosines of the minority classifiers on both sides."""
-    R0 = certified_lpm_threshold(2, 2, 1.0, 2.0)
+    R0 = certified_lpm_threshold(2, 2, E_W=1.0, E_H=2.0)
     assert R0 == pytest.approx(7.618013, rel=2e-7)
-    assert certified_lpm_threshold(5, 5, 1.0, 5.0) == pytest.approx(12.19245, rel=1e-6)
+    assert certified_lpm_threshold(5, 5, E_W=1.0, E_H=5.0) == pytest.approx(12.19245, rel=1e-6)
     curve = certified_lpm_curve(2, 2, R0 * np.array([0.9, 0.99, 1.01, 1.1]), 1.0, 2.0)
     np.testing.assert_allclose(curve.cosine[:2], [0.80681647, 0.97983763], atol=1e-6)
     assert np.all(curve.cosine[2:] > 1 - 1e-9)

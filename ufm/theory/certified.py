@@ -173,6 +173,7 @@ def certified_lpm_curve(
 def certified_lpm_threshold(
     K_A: int,
     K_B: int,
+    *,
     E_W: float = 1.0,
     E_H: float = 1.0,
     h_budget: str = "class",
