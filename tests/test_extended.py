@@ -1,7 +1,7 @@
-"""Extended and deep UFMs with MSE (THEORY.md section 5; Dang et al. 2023): the deep-linear closed
+"""Extended and deep UFMs with MSE (docs/theory.md §5; Dang et al. 2023): the deep-linear closed
 forms against an independent NumPy minimisation of the 1-D reductions, the first-order jump at
 beta_glob, solves from random starts reaching them with collapse at every layer, the ReLU cases,
-and the imbalanced MSE UFM of issue 3 item 4."""
+and the imbalanced MSE UFM without bias."""
 
 import math
 
@@ -14,9 +14,9 @@ import ufm
 from ufm.theory import NoClosedForm
 from ufm.theory.extended import beta_glob, deep_min
 
-GAP = 1e-8  # relative objective gap the best start must reach (issue 3)
-GEOM = 1e-6  # Gram tolerance: parameters are accurate to ~sqrt(gap) (THEORY 8)
-NC1 = 1e-10  # NC1 is quadratic in the parameter error (THEORY 8)
+GAP = 1e-8  # relative objective gap the best start must reach
+GEOM = 1e-6  # Gram tolerance: parameters are accurate to ~sqrt(gap) (docs/theory.md §8)
+NC1 = 1e-10  # NC1 is quadratic in the parameter error (docs/theory.md §8)
 
 
 # --- independent NumPy reference ---------------------------------------------------------------
@@ -51,8 +51,8 @@ def np_singular_min(sigma, N, Lam, m):
 
 def np_deep_value(counts, d, lam_H, lam_Ws, bias):
     """f* of the deep linear MSE UFM: the singular values of the target (Y, or Y minus its row
-    means with a free bias) from NumPy's SVD, each minimised independently (Tool A), the
-    min(d, rank) largest kept."""
+    means with a free bias) from NumPy's SVD, each minimised independently of ufm, the min(d, rank)
+    largest kept."""
     counts = np.asarray(counts)
     K, N, m = len(counts), counts.sum(), len(lam_Ws) + 1
     Lam = (lam_H * np.prod(lam_Ws)) ** (1 / m)
@@ -65,7 +65,7 @@ def np_deep_value(counts, d, lam_H, lam_Ws, bias):
 
 
 def beta_of(K, n, lam_H, lam_Ws):
-    """beta = K (n lam_H prod lam_l)^{1/m} of THEORY 5 (balanced)."""
+    """beta = K (n lam_H prod lam_l)^{1/m} of docs/theory.md §5 (balanced)."""
     return K * (n * lam_H * np.prod(lam_Ws)) ** (1 / (len(lam_Ws) + 1))
 
 
@@ -157,7 +157,7 @@ def test_deep_min_is_the_global_minimiser(m):
     both sides of beta_glob; at beta_glob(m) the value jumps from (m-2)/(m-1) to 0 (m >= 3)."""
     bg = beta_glob(m)
     if m == 3:
-        assert bg == pytest.approx(0.3969, abs=1e-4)  # THEORY 5
+        assert bg == pytest.approx(0.3969, abs=1e-4)  # docs/theory.md §5
     t_grid = np.linspace(0.0, 1.0, 200001)
     for beta in [0.05, 0.5 * bg, 0.97 * bg, 1.03 * bg, 1.5 * bg]:
         t, g = deep_min(beta, m)
@@ -195,8 +195,8 @@ def test_deep_linear_optimum_matches_numpy(counts, d, depth, lam_H, lam_Ws, bias
 
 
 def test_balanced_values_and_thresholds_of_theory():
-    """THEORY 5: f* = K min g/(2K) without bias, (K-1) min g/(2K) with a free bias; beta from
-    K (n lam_H prod lam_l)^{1/m}; zero solution (f* = 1/2) beyond beta_glob."""
+    """docs/theory.md §5: f* = K min g/(2K) without bias, (K-1) min g/(2K) with a free bias; beta
+    from K (n lam_H prod lam_l)^{1/m}; zero solution (f* = 1/2) beyond beta_glob."""
     K, n, depth = 4, 3, 2
     for beta in (0.2, 0.99 * beta_glob(3), 1.01 * beta_glob(3)):
         lam_H, lam_Ws = lams_for_beta(beta, K, n, depth)
@@ -219,7 +219,7 @@ def test_deep_linear_no_bias_reaches_optimum_with_of_at_every_layer():
     lams = [(1e-2, (2e-2, 5e-3))] + [lams_for_beta(b, K, n, depth) for b in betas[1:]]
     models = [ufm.ExtendedUFM(K, d, n, depth, lam_H=lh, lam_Ws=lw) for lh, lw in lams]
     # near beta_glob the default scale 1/sqrt(d) starts in the origin's basin: start at scale 1
-    # (THEORY 5: the origin and partial-rank points are local minima for m >= 3)
+    # (docs/theory.md §5: the origin and partial-rank points are local minima for m >= 3)
     for m in models:
         res = best_start(m, range(5), scale=1.0)
         opt = ufm.optimum(m)
@@ -319,11 +319,11 @@ def test_no_closed_form_says_why():
     assert ufm.optimum(m).value == ufm.optimum(u).value
 
 
-# --- issue 3 item 4: the imbalanced MSE UFM without bias ----------------------------------------
+# --- the imbalanced MSE UFM without bias ------------------------------------------------------
 def test_imbalanced_mse_ufm_closed_form():
     """optimum(UFM) for MSE without bias and counts n_k: against a per-class golden-section
     minimisation of (n_k/(2N))(1-t)^2 + mu sqrt(n_k) t over [0, 1] (convex), and the same value
-    from the depth-1 ExtendedUFM (Tool A there: NumPy's SVD and a grid + golden search); at the
+    from the depth-1 ExtendedUFM (independent there: NumPy's SVD and a grid + golden search); at the
     returned point the gradient vanishes, class k vanishes iff n_k <= N^2 lam_W lam_H, and the
     survivors form an orthogonal frame with ||w_k||^2 = sqrt(lam_H/lam_W)(sqrt(n_k) - N mu)."""
     counts, lam_W, lam_H = (20, 9, 4, 1), 8e-2, 6e-2  # threshold N^2 lam_W lam_H = 5.55

@@ -1,6 +1,6 @@
 """More classes than dimensions (K > d+1): the metrics of ufm.generalized against exact values and
 an independent QP, and the K-gon optima of ufm.theory.generalized against free optimisation from
-several starts (THEORY.md section 7)."""
+several starts (docs/theory.md §7)."""
 
 import math
 
@@ -162,7 +162,7 @@ def test_sphere_polygon_and_cross_polytope_against_free_optimisation(key, K, d):
         W = m.project(best.params).W
         dist = float(jnp.min(one_vs_rest_distances(W)))
         assert abs(dist - (1 - math.cos(2 * math.pi / K) if d == 2 else 1.0)) < SHAPE
-    # the ETF value is only a lower bound here (THEORY 7)
+    # the ETF value is only a lower bound here (docs/theory.md §7)
     etf = math.log1p((K - 1) * math.exp(-K / ((K - 1) * 1.0)))
     assert opt.value > etf
 

@@ -1,4 +1,4 @@
-"""The simplex ETF and orthogonal frames satisfy their defining identities (THEORY.md section 9)."""
+"""The simplex ETF and orthogonal frames satisfy their defining identities (docs/theory.md §9)."""
 
 import jax
 import numpy as np

@@ -1,4 +1,4 @@
-"""The layer-peeled model (THEORY.md section 4): its exact projection, the closed forms of
+"""The layer-peeled model (docs/theory.md §4): its exact projection, the closed forms of
 `optimum` against independent NumPy computations, and projected solves that stay feasible at
 every iterate and reach the optimum with the predicted geometry."""
 
@@ -13,9 +13,9 @@ import ufm
 from ufm.solve import CONVERGED
 from ufm.theory import NoClosedForm
 
-GAP = 1e-8  # relative objective gap the solver must reach (issue 3)
-GEOM = 1e-6  # Gram / norm tolerance: parameters are accurate to ~sqrt(gap) (THEORY 8)
-FEAS = 1e-10  # constraint violation allowed at any iterate (issue 3)
+GAP = 1e-8  # relative objective gap the solver must reach
+GEOM = 1e-6  # Gram / norm tolerance: parameters are accurate to ~sqrt(gap) (docs/theory.md §8)
+FEAS = 1e-10  # constraint violation allowed at any iterate
 
 
 def recorded(res, name):
@@ -124,7 +124,8 @@ def test_ce_optimum_matches_etf_at_the_budgets(K, d, E_W, E_H):
     Wo, Ho = np.asarray(opt.params.W), np.asarray(opt.params.H)
     np.testing.assert_allclose(Wo @ Wo.T, E_W * K / (K - 1) * (np.eye(K) - 1 / K), atol=1e-13)
     np.testing.assert_allclose(Ho, np.repeat(math.sqrt(E_H / E_W) * Wo.T, n, axis=1), atol=1e-13)
-    # the margin of THEORY 4: K sqrt(E_W E_H)/(K-1) between the correct and every wrong logit
+    # the margin of docs/theory.md §4: K sqrt(E_W E_H)/(K-1) between the correct and every wrong
+    # logit
     Z = Wo @ Ho[:, ::n]
     margin = K * math.sqrt(E_W * E_H) / (K - 1)
     np.testing.assert_allclose(np.diag(Z)[:, None] - Z, margin * (1 - np.eye(K)), atol=1e-12)

@@ -1,5 +1,5 @@
 """Label smoothing and focal loss: the loss functions against loop implementations, their UFM optima
-(Zhou et al. 2022, THEORY.md section 6) against an independent 1-D minimisation and against free
+(Zhou et al. 2022, docs/theory.md §6) against an independent 1-D minimisation and against free
 L-BFGS runs, and the trends a sweep over alpha / gamma must show."""
 
 import math
@@ -160,8 +160,8 @@ def test_optimum_equals_independent_1d_minimisation(loss, kw, lam):
 
 
 def test_label_smoothing_is_ce_with_shifted_constant():
-    # THEORY 6: LS with alpha acts as CE with Kc -> Kc + alpha; independent check through the CE
-    # closed form (Zhu et al.) of a model whose c is chosen so that Kc_ce = Kc_ls + alpha.
+    # docs/theory.md §6: LS with alpha acts as CE with Kc -> Kc + alpha; independent check through
+    # the CE closed form (Zhu et al.) of a model whose c is chosen so that Kc_ce = Kc_ls + alpha.
     n, lam, alpha = 3, 0.01, 0.12
     c = math.sqrt(n) * lam
     ls = ufm.optimum(ufm.UFM(K=5, d=4, n=n, loss="ls", alpha=alpha, lam_W=lam, lam_H=lam))
@@ -215,7 +215,7 @@ def test_focal_sweep_matches_optimum_and_margin_trend(key):
 
 
 def test_focal_zero_solution_slope_condition():
-    # THEORY 6: s = 0 is a local minimum of the reduced problem iff
+    # docs/theory.md §6: s = 0 is a local minimum of the reduced problem iff
     # Kc >= ((K-1)/K)^(gamma-1) (gamma log K / K + (K-1)/K); check the slope of the reduced
     # objective (evaluated through ufm's own model objective) on both sides of that value.
     Kc_, g, n = 5, 2.0, 1

@@ -1,4 +1,4 @@
-"""The normalized-feature UFM on the oblique manifold (THEORY.md sections 3 and 7): the exact value
+"""The normalized-feature UFM on the oblique manifold (docs/theory.md §3 and §7): the exact value
 against NumPy, the retraction objective (its gradient on the manifold is the Riemannian one),
 solves that stay on the manifold at every iterate, and what `optimum` says for K > d+1."""
 
@@ -13,9 +13,9 @@ import ufm
 from ufm.solve import CONVERGED
 from ufm.theory import NoClosedForm
 
-GAP = 1e-8  # relative objective gap the solver must reach (issue 3)
-GEOM = 1e-6  # Gram / alignment tolerance: parameters are accurate to ~sqrt(gap) (THEORY 8)
-FEAS = 1e-10  # distance from the manifold allowed at any iterate (issue 3)
+GAP = 1e-8  # relative objective gap the solver must reach
+GEOM = 1e-6  # Gram / alignment tolerance: parameters are accurate to ~sqrt(gap) (docs/theory.md §8)
+FEAS = 1e-10  # distance from the manifold allowed at any iterate
 
 
 def np_ce(W, H, labels, tau):
@@ -72,7 +72,8 @@ def test_optimum_matches_numpy_etf(K, d, tau, r_W, r_H):
     Wo, Ho = np.asarray(opt.params.W), np.asarray(opt.params.H)
     np.testing.assert_allclose(Wo @ Wo.T, r_W**2 * K / (K - 1) * (np.eye(K) - 1 / K), atol=1e-13)
     np.testing.assert_allclose(Ho, np.repeat(r_H / r_W * Wo.T, n, axis=1), atol=1e-13)
-    # the layer-peeled model with sqrt(E_W E_H) = r_W r_H / tau has the same value (THEORY 4)
+    # the layer-peeled model with sqrt(E_W E_H) = r_W r_H / tau has the same value (§4 of
+    # docs/theory.md)
     lpm = ufm.LayerPeeled(K, d, n, E_W=(r_W / tau) ** 2, E_H=r_H**2)
     assert ufm.optimum(lpm).value == pytest.approx(opt.value, rel=1e-13)
 
@@ -104,7 +105,7 @@ def test_gradient_on_the_manifold_is_riemannian(key):
 def test_solve_stays_on_manifold_and_reaches_optimum():
     """The default L-BFGS with the retraction after every update, from 3 random starts, for three
     temperatures and radii (one compilation): every iterate is on the manifold to 1e-10, and
-    every start reaches f* with the ETF geometry (the landscape is benign, THEORY 3)."""
+    every start reaches f* with the ETF geometry (the landscape is benign, docs/theory.md §3)."""
     K, d, n = 4, 5, 3
     models = [
         ufm.NormalizedUFM(K, d, n, tau=tau, r_W=r_W, r_H=r_H)
@@ -132,9 +133,9 @@ def test_solve_stays_on_manifold_and_reaches_optimum():
 
 
 def test_more_classes_than_dimensions_says_what_is_known():
-    """K > d+1: the ETF value is only a strict lower bound (THEORY 7). Where no configuration is
-    known (d = 3, K = 5: the optimal shape depends on tau) `optimum` raises with the bound in its
-    message; the regular K-gon at d = 2 (numerically optimal in THEORY 7) has the value
+    """K > d+1: the ETF value is only a strict lower bound (docs/theory.md §7). Where no
+    configuration is known (d = 3, K = 5: the optimal shape depends on tau) `optimum` raises with
+    the bound in its message; the regular K-gon at d = 2 (numerically optimal, §7) has the value
     log sum_j exp((cos(2 pi j/K) - 1)/tau), strictly above the bound (0.2539 against 0.1893 at
     K = 4, tau = 0.5)."""
     tau = 0.5

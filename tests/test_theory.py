@@ -1,4 +1,4 @@
-"""Closed-form optima of the regularised UFM (THEORY.md sections 1, 2, 10) against independent
+"""Closed-form optima of the regularised UFM (docs/theory.md §1, §2 and §10) against independent
 1-D reductions, and `solve` reaching them from random starts with the predicted geometry."""
 
 import math
@@ -10,8 +10,10 @@ import pytest
 import ufm
 from ufm.theory import NoClosedForm
 
-GAP = 1e-9  # relative objective gap the default optimizer must reach (issue 2)
-GEOM = 1e-5  # Gram / norm-ratio tolerance: parameters are accurate to ~sqrt(gap) (THEORY 8)
+GAP = 1e-9  # relative objective gap the default optimizer must reach
+GEOM = (
+    1e-5  # Gram / norm-ratio tolerance: parameters are accurate to ~sqrt(gap) (docs/theory.md §8)
+)
 
 
 def bisect(fprime, lo, hi, iters=200):
@@ -63,8 +65,8 @@ def test_mse_optimum_matches_1d_reduction(K, d, n, lam_W, lam_H, bias):
     m = ufm.UFM(K=K, d=d, n=n, loss="mse", lam_W=lam_W, lam_H=lam_H, bias=bias, lam_b=0.0)
     opt = ufm.optimum(m)
     c = math.sqrt(n * lam_W * lam_H)
-    # K unit singular values of Y (K-1 with a free bias, which absorbs the mean, THEORY 2b); with
-    # d < K only d of them can be fitted, the others cost phi(0) = 1/(2K) each (THEORY 2a).
+    # K unit singular values of Y (K-1 with a free bias, which absorbs the mean, docs/theory.md
+    # §2.2); with d < K only d of them can be fitted, the others cost phi(0) = 1/(2K) each (§2.1).
     copies = K - 1 if bias else min(d, K)
     dropped = 0 if bias else max(K - d, 0)
     expected = copies * mse_reduced(K, c) + dropped / (2 * K)
@@ -73,7 +75,7 @@ def test_mse_optimum_matches_1d_reduction(K, d, n, lam_W, lam_H, bias):
 
 
 def test_mse_regularised_bias_regimes():
-    """THEORY 2(c): three regimes split at Kc = lam_b/(1+lam_b) and Kc = 1; the value at the
+    """docs/theory.md §2.3: three regimes split at Kc = lam_b/(1+lam_b) and Kc = 1; the value at the
     constructed parameters equals the formula, and it is continuous across the boundaries."""
     K, n, lam_b = 4, 5, 0.5
     t = lam_b / (1 + lam_b)
@@ -88,7 +90,7 @@ def test_mse_regularised_bias_regimes():
 
 
 def test_mse_imbalanced_no_bias_soft_thresholding():
-    """Class k vanishes iff n_k <= N^2 lam_W lam_H (THEORY 4); survivors keep ||w_k||^2 =
+    """Class k vanishes iff n_k <= N^2 lam_W lam_H (docs/theory.md §4); survivors keep ||w_k||^2 =
     sqrt(lam_H/lam_W)(sqrt(n_k) - N sqrt(lam_W lam_H)); d < K keeps the d largest classes."""
     counts, lam = [40, 20, 9, 2], 0.02
     N = sum(counts)
@@ -115,7 +117,7 @@ def _solve_and_check(m, starts=1):
 
 
 SOLVE_CASES = [
-    dict(K=5, d=7, n=6, loss="ce", lam_W=5e-3, lam_H=5e-3, lam_b=5e-3),  # THEORY 1 GD demo
+    dict(K=5, d=7, n=6, loss="ce", lam_W=5e-3, lam_H=5e-3, lam_b=5e-3),  # docs/theory.md §1 GD demo
     dict(K=4, d=3, n=3, loss="ce", lam_W=1e-2, lam_H=2e-3, lam_b=0.0),  # free bias, d = K-1
     dict(K=4, d=6, n=2, loss="ce", lam_W=3e-2, lam_H=2e-2, bias=False),  # near the threshold
     dict(K=3, d=4, n=2, loss="ce", lam_W=0.5, lam_H=0.5),  # zero regime, Kc = 1.5

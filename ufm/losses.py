@@ -2,7 +2,7 @@
 
 Every loss has the signature ``loss(logits, targets) -> scalar`` with logits of shape (N, K) and
 targets of shape (N, K): a one-hot row per sample (a multi-hot row for pick-all-label CE, a smoothed
-row for label smoothing). All are means over the N samples, the convention of THEORY.md section 0.
+row for label smoothing). All are means over the N samples, the convention of docs/theory.md §0.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def label_smoothing(logits: Array, targets: Array, alpha: Array | float) -> Arra
     alpha = 0 is plain CE. On the ETF with margin s (logits s(e_k - 1/K)) it equals
     log(1 + (K-1)e^{-s}) + alpha (K-1)s/K, so under the regularised UFM label smoothing acts as CE
     with K c replaced by K c + alpha (Zhou et al., "Are all losses created equal? A neural collapse
-    perspective", NeurIPS 2022; THEORY.md section 6). `targets` rows should sum to 1.
+    perspective", NeurIPS 2022; docs/theory.md §6). `targets` rows should sum to 1.
     """
     K = logits.shape[-1]
     smoothed = (1.0 - alpha) * targets + alpha / K

@@ -7,7 +7,7 @@ on the classifier and the features, kept feasible by an exact Euclidean projecti
                 h_budget="sample": (1/N) sum_i ||h_i||^2 <= E_H
 
 The two feature budgets coincide for balanced counts; they differ under imbalance (minority
-collapse, THEORY.md section 4).
+collapse, docs/theory.md §4).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class UFM(ClassLayout):
         return r if params.b is None else r + 0.5 * self.lam_b * frobenius_sq(params.b)
 
     def objective(self, params: Params) -> Array:
-        """f(W, H, b): mean loss plus penalties (THEORY.md section 0)."""
+        """f(W, H, b): mean loss plus penalties (docs/theory.md §0)."""
         return self.data_loss(params) + self.penalty(params)
 
     def value_and_grad(self, params: Params) -> tuple[Array, Params]:
@@ -114,6 +114,7 @@ class UFM(ClassLayout):
 
     def metrics(self, params: Params) -> dict[str, Array]:
         """NC metrics of the parameters (`ufm.nc_metrics`); uncentred class means for the MSE
-        model without bias, whose optimum is an orthogonal frame (THEORY 8, the OF pitfall)."""
+        model without bias, whose optimum is an orthogonal frame (the OF pitfall, docs/theory.md
+        §8)."""
         mean = "zero" if (self.loss == "mse" and not self.bias) else "weighted"
         return nc_metrics(params.H, self.labels, W=params.W, b=params.b, mean=mean)
