@@ -1,7 +1,9 @@
 """B3 scaling in runs (BENCHMARKS.md): B1's problem (CE UFM, K=10, d=64, n=50, float32, GD at
 lr 0.5), 200 steps, runs = 1, 4, 16, ..., 4096 (lam_W spread over the runs' seeds).
 
-For each run count: `ufm.sweep` warm run-steps per second (after one cold call), its chunking
+For each run count: `ufm.sweep` warm run-steps per second (after one cold call), tuned (the
+learning rate in the grid of an ``optax.sgd`` factory, no bar) and as a user writes the call (a
+new ``optax.sgd(0.5)`` object each call, the progress bar on), its chunking
 and the memory one compiled call needs per device (arguments, outputs and temporaries, as XLA
 reports it); side by side, the PyTorch vmap peer (timed over --peer-steps steps after a warm-up,
 scaled) and the eager loop (one run after a warm-up; its rate does not depend on the run count).
@@ -67,15 +69,23 @@ def main() -> int:
             return ufm.sweep(model, grid, seeds=seeds, steps=steps, optimizer=optax.sgd,
                              chunk_size=args.chunk_size, progress=False)  # fmt: skip
 
+        def user(lam_Ws=lam_Ws, seeds=seeds):  # as a user writes it: a new optimizer, the bar
+            return ufm.sweep(model, {"lam_W": lam_Ws}, seeds=seeds, steps=steps,
+                             optimizer=optax.sgd(LR), chunk_size=args.chunk_size)  # fmt: skip
+
         cold, _ = timed(run)
+        timed(user)
         warm, sw = timed(run)
         warm = min(warm, timed(run)[0])
+        warm_user = min(timed(user)[0] for _ in range(2))
         mem = sw.meta["bytes_per_device_and_call"]
         rate = runs * steps / warm
         point = {
             "runs": runs,
             "cold_s": cold,
             "warm_s": warm,
+            "warm_user_call_s": warm_user,
+            "user_call_run_steps_per_s": runs * steps / warm_user,
             "run_steps_per_s": rate,
             "gflops": rate * flops_per_run_step / 1e9,
             "chunk_size": sw.meta["chunk_size"],
@@ -91,8 +101,9 @@ def main() -> int:
             point["peer_eager_run_steps_per_s"] = eager_rate
         points.append(point)
         mb = point["mb_per_device_and_call"] or 0
-        row = [runs, f"{rate:,.0f}", f"{point['gflops']:.1f}", f"{point['chunk_size']}",
-               f"{point['chunks']}", f"{mb:.1f}", f"{cold:.2f}"]  # fmt: skip
+        row = [runs, f"{rate:,.0f}", f"{runs * steps / warm_user:,.0f}",
+               f"{point['gflops']:.1f}", f"{point['chunk_size']}", f"{point['chunks']}",
+               f"{mb:.1f}", f"{cold:.2f}"]  # fmt: skip
         if "peer_vmap_run_steps_per_s" in point:
             vr = point["peer_vmap_run_steps_per_s"]
             row += [
@@ -106,7 +117,8 @@ def main() -> int:
         rows.append(row)
         print(f"  runs={runs}: {rate:,.0f} run-steps/s", flush=True)
 
-    head = ["runs", "ufm run-steps/s", "GFLOP/s", "chunk", "chunks", "MB/device/call", "cold s"]
+    head = ["runs", "ufm run-steps/s", "user call", "GFLOP/s", "chunk", "chunks",
+            "MB/device/call", "cold s"]  # fmt: skip
     if use_peer:
         head += ["torch vmap", "torch eager", "x vmap", "x eager"]
     devices = f"{len(jax.devices())} {jax.devices()[0].platform} device(s)"

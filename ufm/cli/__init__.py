@@ -209,9 +209,11 @@ def _bench(args: argparse.Namespace) -> int:
 
     scripts = {
         "B1": "b1_sweep_throughput.py",
+        "B2": "b2_certified.py",
         "B3": "b3_scaling.py",
         "B5": "b5_large_problem.py",
         "B4": "gpu_sweep.py",
+        "phase": "phase_diagram.py",
     }
     root = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
     path = root / scripts[args.which]
@@ -338,11 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_check)
     b = sub.add_parser(
         "bench",
-        help="run a benchmark script of the checkout (B1, B3, B5; B4 on a GPU)",
+        help="run a benchmark script of the checkout (B1, B2, B3, B5, phase; B4 on a GPU)",
         description="Run a benchmark script from the checkout's benchmarks/ folder; the "
         "remaining arguments go to the script (try: ufm bench B1 --help).",
     )
-    b.add_argument("which", choices=["B1", "B3", "B4", "B5"], help="which benchmark")
+    b.add_argument("which", choices=["B1", "B2", "B3", "B4", "B5", "phase"],
+                   help="which benchmark")  # fmt: skip
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the script")
     b.set_defaults(func=_bench)
     return p
