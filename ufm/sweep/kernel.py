@@ -194,8 +194,9 @@ def _sharded(cfg: Config, body: Callable, n_per_run: int, n_shared: int, **jit_k
 
 @functools.lru_cache(maxsize=64)
 def compiled_start(cfg: Config):
-    """``fn(leaves, hparams, seeds, *tol) -> carry`` (`tol` iff ``cfg.use_tol``)."""
-    return _sharded(cfg, _start_body, 3, 0)
+    """``fn(leaves, hparams, seeds, *tol) -> carry`` (`tol` iff ``cfg.use_tol``). It runs once
+    per run: compiled like `compiled_finish`."""
+    return _sharded(cfg, _start_body, 3, 0, compiler_options=_once(cfg))
 
 
 @functools.lru_cache(maxsize=64)
@@ -204,13 +205,18 @@ def compiled_advance(cfg: Config):
     return _sharded(cfg, _advance_body, 3, 3)
 
 
+def _once(cfg: Config) -> dict | None:
+    """Compiler options for code that runs once per run: on CPU without the expensive LLVM
+    passes (half the compile time; the run time of a start or of final metrics is small)."""
+    cpu = cfg.mesh.devices.flat[0].platform == "cpu"
+    return {"xla_backend_optimization_level": 0} if cpu else None
+
+
 @functools.lru_cache(maxsize=64)
 def compiled_finish(cfg: Config):
-    """``fn(leaves, hparams, carry, *tol) -> outputs``. It runs once per run, so on CPU it is
-    compiled without the expensive LLVM passes (half the compile time of the metrics)."""
-    cpu = cfg.mesh.devices.flat[0].platform == "cpu"
-    options = {"xla_backend_optimization_level": 0} if cpu else None
-    return _sharded(cfg, _finish_body, 3, 0, compiler_options=options)
+    """``fn(leaves, hparams, carry, *tol) -> outputs``. It runs once per run: compiled with
+    `_once`'s options."""
+    return _sharded(cfg, _finish_body, 3, 0, compiler_options=_once(cfg))
 
 
 _PREPARED: dict[Any, int | None] = {}  # (configuration, call size) -> bytes per advance call
