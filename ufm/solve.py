@@ -212,13 +212,13 @@ def solve(
         _check_init(model, key, init)
     needed, rows = history_rows(steps, record_every), history_capacity(steps, record_every)
     split = metrics and needed == 2 and hasattr(model, "metrics")
-    args = (model, key, init, steps, record_every, tol)
-    kw = dict(optimizer=Static(optimizer), metrics=metrics and not split, rows=rows, start=split)
-    if split:  # the metrics of the two rows in their own executable, compiled alongside
-        _prepare(args, kw)
-    res, params0 = _solve_jit(*args, **kw)
-    if split:
-        res = res._replace(history={**res.history, **_metric_rows(model, params0, res)})
+    kw = dict(optimizer=Static(optimizer), metrics=metrics and not split, rows=rows)
+    start, metric_rows = _once(jax.default_backend() == "cpu")
+    _prepare(model, key, init, (steps, record_every, tol), kw, split)
+    params0 = start(model, key) if init is None else init
+    res = _solve_jit(model, params0, steps, record_every, tol, **kw)
+    if split:  # the two rows' metrics, from their own executable
+        res = res._replace(history={**res.history, **metric_rows(model, params0, res)})
     if rows > needed:  # trimmed on the host: slicing on the device would compile per length
         res = res._replace(history={k: jax.device_put(np.asarray(v)[:needed])
                                     for k, v in res.history.items()})  # fmt: skip
@@ -230,16 +230,13 @@ def solve(
     return res
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "metrics", "rows", "start"))
-def _solve_jit(model, key, init, steps, record_every, tol, *, optimizer, metrics, rows, start):
-    """The executable of a solve: the start (``model.init(key)`` unless `init` is given), the
-    loop and its records; also the start itself when `start`. The budget and record interval
-    are traced (a new budget reuses it), the optimizer is keyed by what it computes
+@functools.partial(jax.jit, static_argnames=("optimizer", "metrics", "rows"))
+def _solve_jit(model, params0, steps, record_every, tol, *, optimizer, metrics, rows):
+    """The loop of a solve and its records, from `params0`. The budget and record interval are
+    traced (a new budget reuses it), the optimizer is keyed by what it computes
     (`ufm._static.Static`)."""
-    params0 = model.init(key) if init is None else init
-    res = run(model, params0, optimizer.value, steps, record_every, tol, metrics=metrics,
-              rows=rows)  # fmt: skip
-    return res, (params0 if start else None)
+    return run(model, params0, optimizer.value, steps, record_every, tol, metrics=metrics,
+               rows=rows)  # fmt: skip
 
 
 def _rows_body(model, params0, res: Result) -> dict[str, Array]:
@@ -251,32 +248,34 @@ def _rows_body(model, params0, res: Result) -> dict[str, Array]:
 
 
 @functools.cache
-def _rows_jit(cpu: bool):
-    """`_rows_body` compiled once per structure; on CPU without the expensive LLVM passes (it
-    runs twice per solve: compiling is what costs)."""
-    return jax.jit(_rows_body, compiler_options={"xla_backend_optimization_level": 0} if cpu
-                   else None)  # fmt: skip
+def _once(cpu: bool) -> tuple:
+    """(start, metric rows): the jitted ``model.init(key)`` and `_rows_body`, which run once per
+    solve: on CPU compiled without the expensive LLVM passes (half the compile time)."""
+    options = {"xla_backend_optimization_level": 0} if cpu else None
+    start = jax.jit(lambda model, key: model.init(key), compiler_options=options)
+    return start, jax.jit(_rows_body, compiler_options=options)
 
 
-def _metric_rows(model, params0, res: Result) -> dict[str, Array]:
-    return _rows_jit(jax.default_backend() == "cpu")(model, params0, res)
+_PREPARED: set = set()  # signatures whose executables are compiled
 
 
-_PREPARED: set = set()  # signatures whose two executables are compiled
-
-
-def _prepare(args: tuple, kw: dict) -> None:
-    """Compile a split solve's loop and its metric rows at once, in two threads (XLA compiles
-    without the GIL), the first time a signature is seen."""
-    avals = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args[:3])
-    signature = (jax.tree.structure(args), str(avals), args[5] is None, *sorted(kw.items()))
+def _prepare(model, key, init, traced: tuple, kw: dict, split: bool) -> None:
+    """The first time a signature is seen, compile its executables (the start unless `init`
+    is given, the loop, the metric rows when `split`) at once, in threads: XLA compiles
+    without the GIL."""
+    avals = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), (model, key, init))
+    signature = (jax.tree.structure((model, init)), str(avals), traced[2] is None, split,
+                 *sorted(kw.items()))  # fmt: skip
     if signature in _PREPARED:
         return
-    res, params0 = jax.eval_shape(functools.partial(_solve_jit, **kw), *args)
-    lowered = [
-        _solve_jit.lower(*args, **kw),
-        _rows_jit(jax.default_backend() == "cpu").lower(args[0], params0, res),
-    ]
-    with ThreadPoolExecutor(2) as pool:
+    start, metric_rows = _once(jax.default_backend() == "cpu")
+    params0 = jax.eval_shape(model.init, key) if init is None else init
+    lowered = [_solve_jit.lower(model, params0, *traced, **kw)]
+    if init is None:
+        lowered.append(start.lower(model, key))
+    if split:
+        res = jax.eval_shape(functools.partial(_solve_jit, **kw), model, params0, *traced)
+        lowered.append(metric_rows.lower(model, params0, res))
+    with ThreadPoolExecutor(len(lowered)) as pool:
         list(pool.map(lambda lo: lo.compile(), lowered))
     _PREPARED.add(signature)
