@@ -34,31 +34,39 @@ def _two_loop(S, Y, g):
 
 @pytest.mark.parametrize("stored", [2, 4, 7])
 def test_direction_is_the_two_loop_recursion(stored):
-    """The coefficient recursion through the Gram matrix (memory 4, pairs stored in a circular
-    buffer, some overwritten) gives the two-loop direction of the newest pairs."""
+    """The coefficient recursion through the Gram matrix (memory 4, pairs in shuffled slots,
+    the oldest dropped once more than 4 were stored) gives the two-loop direction of the newest
+    pairs, and its dot products with them."""
     m, P = 4, 9
     rng = np.random.default_rng(stored)
     S = rng.standard_normal((stored, P))
     Y = S @ np.diag(rng.uniform(0.5, 2.0, P)) + 0.1 * rng.standard_normal((stored, P))
     g = rng.standard_normal(P)
+    n = min(stored, m)
+    slots = np.array([2, 0, 3, 1])  # the slot of the pair of each age (0: the newest)
     memory, rho = np.zeros((2 * m, P)), np.zeros(m)
-    for i in range(stored):  # pair i lives in slot i % m
-        memory[i % m], memory[m + i % m], rho[i % m] = S[i], Y[i], 1 / (S[i] @ Y[i])
+    by_age = np.zeros((2 * m, P))
+    for j in range(n):  # age j is pair stored - 1 - j
+        s, y = S[stored - 1 - j], Y[stored - 1 - j]
+        memory[slots[j]], memory[m + slots[j]], rho[j] = s, y, 1 / (s @ y)
+        by_age[j], by_age[m + j] = s, y
     state = ufm.optimizers.LbfgsState(
-        pairs=jnp.asarray(stored, jnp.int32),
+        pairs=jnp.asarray(n, jnp.int32),
+        slots=jnp.asarray(slots, jnp.int32),
         memory=jnp.asarray(memory),
         rho=jnp.asarray(rho),
-        dots=jnp.asarray(memory @ memory.T),
-        gdots=jnp.asarray(memory @ g),
+        dots=jnp.asarray(by_age @ by_age.T),
+        gdots=jnp.asarray(by_age @ g),
+        stalled=jnp.zeros((), bool),
         value=jnp.zeros(()),
         grad=None,
     )
     p, slope, rows = _direction(state, jnp.asarray(g), m)
-    keep = slice(max(0, stored - m), stored)
+    keep = slice(stored - n, stored)
     expected = _two_loop(S[keep], Y[keep], g)
     np.testing.assert_allclose(p, expected, rtol=ROUNDING, atol=ROUNDING)
     np.testing.assert_allclose(slope, g @ expected, rtol=ROUNDING)
-    np.testing.assert_allclose(rows, memory @ expected, rtol=1e-10, atol=ROUNDING)
+    np.testing.assert_allclose(rows, by_age @ expected, rtol=1e-10, atol=ROUNDING)
 
 
 def test_minimises_a_quadratic_the_optax_way():
@@ -122,7 +130,6 @@ def test_float32_run_at_its_optimum_keeps_stepping_finite(key):
     [
         (dict(memory_size=0), "memory_size"),
         (dict(max_backtracks=-1), "max_backtracks"),
-        (dict(shrink=1.0), "shrink"),
         (dict(c1=0.5), "c1"),
         (dict(memory_size=True), "memory_size"),
     ],
