@@ -12,8 +12,9 @@ t_0 = 1 and t_{k+1} = the minimiser of the quadratic through f(x), g'p and f(x +
     f(x + t p) <= f(x) + eps_f  and  g(x + t p)'p <= (2 c1 - 1) g'p   (approximate Armijo),
 
 the second (Hager & Zhang 2005) judged by the slope at the trial point, which stays accurate
-where f differences drown in rounding (eps_f = 1000 eps |f(x)|): near the optimum, in float32
-above all, the search keeps finding steps instead of backtracking forever. A pair (s, y) enters
+where f differences drown in rounding (eps_f = max(1e-6, 1000 eps) |f(x)|, their default in
+float64): near the optimum, and in float32 above all, the search keeps finding steps instead of
+backtracking forever. A pair (s, y) enters
 the memory only when s'y > eps ||s|| ||y||; when no trial is accepted the step is zero and the
 memory is cleared (the next step is a scaled gradient step), and the run counts as stalled: its
 next search tries the unit step only, until one succeeds. A run at its floor of rounding so
@@ -49,7 +50,8 @@ from jax.flatten_util import ravel_pytree
 
 __all__ = ["LbfgsState", "lbfgs"]
 
-_SLACK = 1e3  # the approximate condition allows f to rise by _SLACK eps |f(x)| (rounding)
+_RISE = 1e-6  # the approximate condition allows f to rise by _RISE |f(x)| (Hager & Zhang's eps)
+_SLACK = 1e3  # ... or by _SLACK eps |f(x)| where that is more (float32)
 
 
 class LbfgsState(NamedTuple):
@@ -231,7 +233,7 @@ def lbfgs(
         vg = value_and_grad_fn if value_and_grad_fn is not None else jax.value_and_grad(value_fn)
         g0, unravel = ravel_pytree(grad)
         p, slope, rows_p = _direction(state, g0, m)
-        slack = _SLACK * jnp.finfo(p.dtype).eps * jnp.abs(value)
+        slack = max(_RISE, _SLACK * float(jnp.finfo(p.dtype).eps)) * jnp.abs(value)
 
         def search(c):  # one evaluation site: trial step lengths 1, then interpolated
             k, t, v, *_ = c
