@@ -1,6 +1,7 @@
 """ufm.optimizers.lbfgs: its direction is the two-loop recursion's, it minimises a quadratic and
-the UFM to their closed forms, used alone the optax way or in `ufm.solve`; vmapped runs equal
-single runs; in float32 a run at its optimum keeps stepping, finite; bad settings are named."""
+the UFM to their closed forms, used alone the optax way or in `ufm.solve`, ill-conditioned runs
+to a tight tolerance; vmapped runs equal single runs; in float32 a run at its optimum keeps
+stepping, finite; bad settings are named."""
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,14 @@ def test_solve_reaches_the_closed_form(key):
     res = ufm.solve(MODEL, key, steps=300, optimizer=lbfgs(memory_size=5), tol=1e-11)
     assert res.status_name == "converged"
     np.testing.assert_allclose(res.objective, ufm.optimum(MODEL).value, rtol=GAP)
+
+
+def test_ill_conditioned_run_reaches_a_tight_tolerance(key):
+    """lambda = 1e-6, imbalanced, no bias: f is small and its rounding far above eps |f|, yet
+    the search keeps finding steps down to a stationarity of 1e-14 (no stall at 1e-10)."""
+    m = ufm.UFM(K=3, d=3, n=(6, 3, 1), loss="ce", bias=False, lam_W=1e-6, lam_H=1e-6)
+    res = ufm.solve(m, key, steps=400, tol=1e-14)
+    assert res.status_name == "converged" and float(res.grad_norm) <= 1e-14
 
 
 def test_vmapped_runs_equal_single_runs():
