@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from ufm.sweep.checkpoint import Checkpoint
-from ufm.sweep.kernel import Config, compiled_advance, compiled_finish, compiled_start, prepare
+from ufm.sweep.kernel import Config, compiled_advance, compiled_start, finished, prepare
 from ufm.sweep.layout import Layout, to_global, to_host
 from ufm.sweep.plan import Plan
 from ufm.sweep.progress import Progress
@@ -139,7 +139,7 @@ class ChunkRun:
             if save:
                 self._save_state()
             self._dispatch(n)
-        return compiled_finish(self.cfg)(*self.args, self.carry, *self.tol)
+        return finished(self.cfg, self.seeds)(*self.args, self.carry, *self.tol)
 
     def _steps_done(self) -> int:
         steps = to_host(self.carry["state"].steps)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -31,6 +31,7 @@ __all__ = [
     "compiled_advance",
     "compiled_finish",
     "prepare",
+    "finished",
 ]
 
 RUN_AXIS = "runs"  # the mesh axis the runs are sharded over
@@ -220,13 +221,16 @@ def compiled_finish(cfg: Config):
 
 
 _PREPARED: dict[Any, int | None] = {}  # (configuration, call size) -> bytes per advance call
+_FINISHING: dict[Any, Future] = {}  # (configuration, call size) -> `finish` compiling
+_BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="ufm-compile")
 
 
 def prepare(cfg: Config, args: tuple, seeds, scalars: tuple, tol: tuple, runs) -> int | None:
-    """Compile `start`, `advance` and `finish` for one configuration and call size at once, in
-    threads (XLA compiles without the GIL: a cold sweep waits for the longest, not the sum),
-    unless done before. Returns the bytes one `advance` call needs on a device (arguments,
-    outputs, temporaries, as XLA reports it; None where the backend does not say).
+    """Compile `start` and `advance` for one configuration and call size at once, in two
+    threads (XLA compiles without the GIL), and `finish` in the background, where it overlaps
+    the first steps (`finished` waits for it), unless done before. Returns the bytes one
+    `advance` call needs on a device (arguments, outputs, temporaries, as XLA reports it; None
+    where the backend does not say).
 
     Args:
       cfg: the configuration.
@@ -242,13 +246,11 @@ def prepare(cfg: Config, args: tuple, seeds, scalars: tuple, tol: tuple, runs) -
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=runs, weak_type=x.weak_type),
             shapes,
         )
-        lowered = [
-            start.lower(*args, seeds, *tol),
-            step.lower(*args, carry, *scalars, *tol),
-            finish.lower(*args, carry, *tol),
-        ]
+        lowered = [start.lower(*args, seeds, *tol), step.lower(*args, carry, *scalars, *tol)]
+        last = finish.lower(*args, carry, *tol)
         with ThreadPoolExecutor(len(lowered)) as pool:
             compiled = list(pool.map(lambda lo: lo.compile(), lowered))
+        _FINISHING[key] = _BACKGROUND.submit(last.compile)
         try:
             m = compiled[1].memory_analysis()
             total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
@@ -256,3 +258,11 @@ def prepare(cfg: Config, args: tuple, seeds, scalars: tuple, tol: tuple, runs) -
         except Exception:  # noqa: BLE001 - a report, never a failure
             _PREPARED[key] = None
     return _PREPARED[key]
+
+
+def finished(cfg: Config, seeds) -> Callable:
+    """`compiled_finish` once its background compilation (`prepare`) is done."""
+    compiling = _FINISHING.pop((cfg, seeds.shape[0]), None)
+    if compiling is not None:
+        compiling.result()
+    return compiled_finish(cfg)
