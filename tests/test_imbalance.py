@@ -96,7 +96,7 @@ def test_hong_ling_threshold_sweep_over_weight_decay(key):
 
 
 def test_hong_ling_threshold_with_a_regularised_bias(key):
-    # THEORY 4 argues that a bias does not move the threshold; check both sides of it.
+    # docs/theory.md §4 argues that a bias does not move the threshold; check both sides of it.
     counts = two_group_counts(3, 3, 50, 4)
     lam_star = math.sqrt(4) / sum(counts)
     for f, k in zip((0.9, 1.1), jax.random.split(key), strict=True):
@@ -211,7 +211,7 @@ def test_lpm_threshold_against_free_optimisation(key):
     assert abs(float(m.objective(G)) - merged.value) < 1e-12
     curve = minority_collapse_curve(runs)
     # balanced: Fang et al.'s Theorem 1, the ETF (cosine -1/(K-1)) with the value
-    # log(1 + (K-1) exp(-K sqrt(E_W E_H)/(K-1))) (THEORY 4)
+    # log(1 + (K-1) exp(-K sqrt(E_W E_H)/(K-1))) (docs/theory.md §4)
     balanced = math.log(1 + 9 * math.exp(-10 * math.sqrt(5) / 9))
     assert curve.R[0] == 1 and abs(curve.objective[0] - balanced) <= GAP * balanced
     assert abs(curve.cosine[0] + 1 / 9) < COLLAPSED
