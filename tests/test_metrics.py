@@ -153,7 +153,8 @@ def test_orthogonal_frame_vs_etf(key):
     # squared distance is 1/K + (K-1)(1/sqrt(K) - 1/sqrt(K-1))^2 = 2 - 2 sqrt((K-1)/K) as well.
     assert abs(r["nc2_nearest_W"] - of_to_etf) <= EXACT
     assert abs(r["nc1"]) <= EXACT
-    # the pitfall of docs/theory.md §8: centred OF means form an ETF, so centred NC2 and Zhu's NC3 are blind
+    # the pitfall of docs/theory.md §8: centred OF means form an ETF, so centred NC2 and Zhu's NC3
+    # are blind
     r = _metrics(H, y, W, b)
     assert abs(r["nc2_H"]) <= EXACT and abs(r["nc3_zhu"]) <= EXACT
     assert abs(r["nc2_W"] - of_to_etf) <= EXACT
