@@ -142,11 +142,13 @@ class ChunkRun:
         return finished(self.cfg, self.seeds)(*self.args, self.carry, *self.tol)
 
     def _steps_done(self) -> int:
-        steps = to_host(self.carry["state"].steps)
-        return int(np.sum(steps[: self.stop - self.start], dtype=np.int64))
+        steps = to_host(self.carry["state"].steps)[: self.stop - self.start]
+        return int(np.sum(steps, dtype=np.int64))
 
     def _save_state(self) -> None:
         leaves = jax.tree.leaves(to_host(self.carry))
-        n = self.stop - self.start
-        self.ckpt.save_state(self.k, self.start, self.stop, self.pos, [x[:n] for x in leaves])
+        n = self.stop - self.start  # copies: the next segment takes the carry's memory
+        self.ckpt.save_state(
+            self.k, self.start, self.stop, self.pos, [x[:n].copy() for x in leaves]
+        )
         self.clock.saved = time.perf_counter()
