@@ -42,6 +42,44 @@ SEEDS = 8
 TARGETS = {"warm_vs_eager": 20.0, "warm_vs_vmap": 5.0, "cold_vs_eager": 5.0, "peak_fraction": 0.5}
 
 
+def _timings(steps: int, args) -> dict:
+    """Cold and warm seconds of the user's and the tuned call, and the peers' (interleaved with
+    the first warm timings: same machine state)."""
+    model = ufm.UFM(K=K, d=D, n=N_PER, loss="ce", lam_W=LAM, lam_H=LAM, lam_b=LAM)
+
+    def user():  # as a user writes it: a new optimizer object every call, the bar on
+        return ufm.sweep(model, {"lam_W": LAM_WS}, seeds=SEEDS, steps=steps,
+                         optimizer=optax.sgd(LR))  # fmt: skip
+
+    def tuned():
+        return ufm.sweep(model, {"lam_W": LAM_WS, "learning_rate": LR}, seeds=SEEDS,
+                         steps=steps, optimizer=optax.sgd, progress=False)  # fmt: skip
+
+    t = {"cold": timed(user)[0], "cold_tuned": timed(tuned)[0], "warm_all": [],
+         "tuned_all": [], "peer": {}, "peer_obj": None}  # fmt: skip
+    for r in range(args.repeats):
+        t["warm_all"].append(timed(user)[0])
+        seconds, sw = timed(tuned)
+        t["tuned_all"].append(seconds)
+        if _peer.AVAILABLE and not args.no_peer and r == 0:
+            t["peer"]["eager"], t["peer_obj"] = _peer.eager_sweep(
+                K, D, N_PER, LAM_WS, range(SEEDS), LAM, LAM, LR, steps
+            )
+            s, _ = _peer.vmap_sweep(K, D, N_PER, LAM_WS, range(SEEDS), LAM, LAM, LR,
+                                    args.vmap_steps)  # fmt: skip
+            t["peer"]["vmap"] = s * steps / args.vmap_steps
+    t["warm"], t["warm_tuned"], t["sweep"] = min(t["warm_all"]), min(t["tuned_all"]), sw
+    return t
+
+
+def _ratios(t: dict, warm: float, cold: float, gflops: float, peak: float) -> dict:
+    out = {}
+    if t["peer"]:
+        out = {"warm_vs_eager": t["peer"]["eager"] / warm, "warm_vs_vmap": t["peer"]["vmap"] / warm,
+               "cold_vs_eager": t["peer"]["eager"] / cold}  # fmt: skip
+    return dict(out, peak_fraction=gflops / peak)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=1000)
@@ -55,39 +93,14 @@ def main() -> int:
     steps, runs = args.steps, len(LAM_WS) * SEEDS
     env = environment()
     jax.numpy.zeros(()).block_until_ready()  # start the backend outside the cold timing
-
-    model = ufm.UFM(K=K, d=D, n=N_PER, loss="ce", lam_W=LAM, lam_H=LAM, lam_b=LAM)
-
-    def user():  # as a user writes it: a new optimizer object every call, the bar on
-        return ufm.sweep(model, {"lam_W": LAM_WS}, seeds=SEEDS, steps=steps,
-                         optimizer=optax.sgd(LR))  # fmt: skip
-
-    def tuned():
-        return ufm.sweep(model, {"lam_W": LAM_WS, "learning_rate": LR}, seeds=SEEDS,
-                         steps=steps, optimizer=optax.sgd, progress=False)  # fmt: skip
-
-    cold, sw = timed(user)
-    cold_tuned, _ = timed(tuned)
-    warm_times, tuned_times = [], []
-    peer = {}
-    use_peer = _peer.AVAILABLE and not args.no_peer
-    for r in range(args.repeats):
-        warm_times.append(timed(user)[0])
-        tuned_times.append(timed(tuned)[0])
-        if use_peer and r == 0:  # interleaved with the warm timings: same machine state
-            peer["eager"], peer_obj = _peer.eager_sweep(
-                K, D, N_PER, LAM_WS, range(SEEDS), LAM, LAM, LR, steps
-            )
-            t, _ = _peer.vmap_sweep(K, D, N_PER, LAM_WS, range(SEEDS), LAM, LAM, LR,
-                                    args.vmap_steps)  # fmt: skip
-            peer["vmap"] = t * steps / args.vmap_steps
-    warm, warm_tuned = min(warm_times), min(tuned_times)
+    t = _timings(steps, args)
+    warm, warm_tuned, cold, cold_tuned = (t[k] for k in ("warm", "warm_tuned", "cold",
+                                                          "cold_tuned"))  # fmt: skip
     peak_jax = jax_matmul_gflops()
     peak_torch = _peer.matmul_gflops() if _peer.AVAILABLE else 0.0
     peak = max(peak_jax, peak_torch)
     flops = 6 * K * D * (K * N_PER) * runs * steps
     gflops, gflops_tuned = flops / warm / 1e9, flops / warm_tuned / 1e9
-
     rows = [
         ["ufm.sweep as a user writes it, warm", f"{warm:.3f}", "1", f"{gflops:.1f}",
          f"{gflops / peak:.0%}"],
@@ -96,26 +109,14 @@ def main() -> int:
          f"{warm_tuned / warm:.2f}", f"{gflops_tuned:.1f}", f"{gflops_tuned / peak:.0%}"],
         ["ufm.sweep tuned, cold", f"{cold_tuned:.3f}", f"{cold_tuned / warm:.1f}", "", ""],
     ]  # fmt: skip
-    ratios, tuned_ratios = {}, {}
-    if use_peer:
-        for name, label in (("eager", "torch eager loop"), ("vmap", "torch.func.vmap peer")):
-            t = peer[name]
+    for name, label in (("eager", "torch eager loop"), ("vmap", "torch.func.vmap peer")):
+        if name in t["peer"]:
+            s = t["peer"][name]
             note = f" ({args.vmap_steps} steps, scaled)" if name == "vmap" else ""
-            rows.append([label + note, f"{t:.3f}", f"{t / warm:.1f}", f"{flops / t / 1e9:.1f}",
-                         f"{flops / t / 1e9 / peak:.0%}"])  # fmt: skip
-        ratios = {
-            "warm_vs_eager": peer["eager"] / warm,
-            "warm_vs_vmap": peer["vmap"] / warm,
-            "cold_vs_eager": peer["eager"] / cold,
-        }
-        tuned_ratios = {
-            "warm_vs_eager": peer["eager"] / warm_tuned,
-            "warm_vs_vmap": peer["vmap"] / warm_tuned,
-            "cold_vs_eager": peer["eager"] / cold_tuned,
-        }
-    ratios["peak_fraction"] = gflops / peak
-    tuned_ratios["peak_fraction"] = gflops_tuned / peak
-
+            rows.append([label + note, f"{s:.3f}", f"{s / warm:.1f}", f"{flops / s / 1e9:.1f}",
+                         f"{flops / s / 1e9 / peak:.0%}"])  # fmt: skip
+    ratios = _ratios(t, warm, cold, gflops, peak)
+    tuned_ratios = _ratios(t, warm_tuned, cold_tuned, gflops_tuned, peak)
     devices = f"{len(jax.devices())} {jax.devices()[0].platform} device(s)"
     print(f"B1 sweep throughput: {runs} runs x {steps} steps, float32, {devices}; "
           f"{_peer.describe()}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
@@ -126,37 +127,22 @@ def main() -> int:
         ok = "meets" if v >= TARGETS[k] else "below"
         print(f"{k:15s} {v:8.2f}  (target >= {TARGETS[k]}: {ok}); tuned call "
               f"{tuned_ratios[k]:.2f}")  # fmt: skip
-    lam_med = np.median(sw.objective, axis=-1)
+    lam_med = np.median(t["sweep"].objective, axis=-1)
     print("\nfinal objective (median over seeds) per lam_W:", np.round(lam_med, 4).tolist())
-    if use_peer:
-        peer_med = np.median(np.reshape(peer_obj, (len(LAM_WS), SEEDS)), axis=-1)
+    if t["peer_obj"] is not None:
+        peer_med = np.median(np.reshape(t["peer_obj"], (len(LAM_WS), SEEDS)), axis=-1)
         print("torch eager, same problem:                   ", np.round(peer_med, 4).tolist())
-    write_json(
-        args.out,
-        {
-            "benchmark": "B1",
-            "runs": runs,
-            "steps": steps,
-            "host_devices": HOST_DEVICES,
-            "seconds": {
-                "ufm_cold": cold,
-                "ufm_warm": warm,
-                "ufm_warm_all": warm_times,
-                "ufm_tuned_cold": cold_tuned,
-                "ufm_tuned_warm": warm_tuned,
-                "ufm_tuned_warm_all": tuned_times,
-                **{f"peer_{k}": v for k, v in peer.items()},
-            },
-            "gflops": gflops,
-            "gflops_tuned": gflops_tuned,
-            "peak_gflops": {"jax": peak_jax, "torch": peak_torch},
-            "ratios": ratios,
-            "ratios_tuned": tuned_ratios,
-            "targets": TARGETS,
-            "objective_median_per_lam_W": lam_med.tolist(),
-            "environment": env,
-        },
-    )
+    seconds = {"ufm_cold": cold, "ufm_warm": warm, "ufm_warm_all": t["warm_all"],
+               "ufm_tuned_cold": cold_tuned, "ufm_tuned_warm": warm_tuned,
+               "ufm_tuned_warm_all": t["tuned_all"],
+               **{f"peer_{k}": v for k, v in t["peer"].items()}}  # fmt: skip
+    write_json(args.out, {"benchmark": "B1", "runs": runs, "steps": steps,
+                          "host_devices": HOST_DEVICES, "seconds": seconds, "gflops": gflops,
+                          "gflops_tuned": gflops_tuned,
+                          "peak_gflops": {"jax": peak_jax, "torch": peak_torch},
+                          "ratios": ratios, "ratios_tuned": tuned_ratios, "targets": TARGETS,
+                          "objective_median_per_lam_W": lam_med.tolist(),
+                          "environment": env})  # fmt: skip
     return 0
 
 

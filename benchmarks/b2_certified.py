@@ -105,6 +105,77 @@ def _first(ok, budgets) -> int | None:
     return hi
 
 
+def _ufm(model, best: float, repeats: int) -> tuple[dict, list]:
+    """ufm.solve's budget to the gap, its cold starts (fresh processes, first without then with
+    a filled compilation cache) and its warm time: (figures, table rows)."""
+    import jax
+    import numpy as np
+    from _common import timed
+
+    import ufm
+
+    key = jax.random.key(0)
+    with tempfile.TemporaryDirectory() as cache:  # cold first: nothing of this process helps
+        hist = ufm.solve(model, key, steps=TARGETS["steps"], record_every=1, metrics=False)
+        gap = (np.asarray(hist.history["objective"]) - best) / abs(best)
+        assert (gap <= GAP).any(), f"ufm.solve did not reach {GAP} in {TARGETS['steps']} steps"
+        steps = int(np.argmax(gap <= GAP))
+        cold = _cold("ufm", steps)
+        filling = _cold("ufm", steps, cache)
+        cached = _cold("ufm", steps, cache)
+
+    def solve():
+        return jax.block_until_ready(ufm.solve(model, key, steps=steps))
+
+    warm = min(timed(solve)[0] for _ in range(repeats))
+    final_gap = (float(solve().objective) - best) / abs(best)
+    out = {"steps": steps, "warm_s": warm, "cold": cold, "cold_cached": cached,
+           "cold_cache_filling": filling, "final_gap": final_gap}  # fmt: skip
+    rows = [
+        ["ufm.solve (default L-BFGS), warm", steps, f"{warm:.3f}", "1"],
+        ["ufm.solve, cold (fresh process)", steps, f"{cold['process_s']:.2f}",
+         f"{cold['process_s'] / warm:.0f}"],
+        ["ufm.solve, cold, compilation cache filled", steps, f"{cached['process_s']:.2f}",
+         f"{cached['process_s'] / warm:.0f}"],
+    ]  # fmt: skip
+    return out, rows
+
+
+def _peers(target: float, ufm_out: dict, args) -> tuple[dict, list, dict]:
+    """torch L-BFGS (warm and a fresh process) and, unless --no-gd, eager GD to the target:
+    (figures, table rows, ratios)."""
+    import _peer
+    import torch
+
+    warm, cold, cached = (ufm_out[k] for k in ("warm_s", "cold", "cold_cached"))
+    lams = (LAM,) * 3
+    lb = lambda b: _peer.lbfgs_run(K, D, N_PER, lams, b, dtype=torch.float64)  # noqa: E731
+    lb_steps = _first(lambda b: lb(b)[1] <= target, [2**k for k in range(3, 11)])
+    lb_warm = min(lb(lb_steps)[0] for _ in range(args.repeats))
+    lb_cold = _cold("torch", lb_steps)
+    out = {"lbfgs": {"iterations": lb_steps, "warm_s": lb_warm, "cold": lb_cold}}
+    rows = [["torch L-BFGS (strong Wolfe), warm", lb_steps, f"{lb_warm:.3f}",
+             f"{lb_warm / warm:.1f}"],
+            ["torch L-BFGS, cold (fresh process)", lb_steps, f"{lb_cold['process_s']:.2f}",
+             f"{lb_cold['process_s'] / warm:.0f}"]]  # fmt: skip
+    ratios = {
+        "warm_vs_lbfgs": lb_warm / warm,
+        "cold_cached_vs_lbfgs_cold": lb_cold["process_s"] / cached["process_s"],
+    }
+    if not args.no_gd:
+        gd_s, gd_steps, gd_value = _peer.gd_until(
+            K, D, N_PER, lams, 1.0, target, args.gd_max_steps, dtype=torch.float64
+        )
+        gd_cold = gd_s + lb_cold["import_s"]
+        out["gd"] = {"steps": gd_steps, "seconds": gd_s, "cold_s": gd_cold, "final": gd_value}
+        rows += [["torch eager GD (lr 1)", gd_steps or f">{args.gd_max_steps}", f"{gd_s:.2f}",
+                  f"{gd_s / warm:.0f}"],
+                 ["torch eager GD, cold (+ import torch)", "", f"{gd_cold:.2f}",
+                  f"{gd_cold / warm:.0f}"]]  # fmt: skip
+        ratios.update(warm_vs_gd=gd_s / warm, cold_vs_gd_cold=gd_cold / cold["process_s"])
+    return out, rows, ratios
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5, help="warm timings (best is reported)")
@@ -122,8 +193,7 @@ def main() -> int:
     sys.path.insert(0, here)
     import _peer
     import jax
-    import numpy as np
-    from _common import environment, markdown, timed, write_json
+    from _common import environment, markdown, write_json
 
     jax.config.update("jax_enable_x64", True)
     import ufm
@@ -131,66 +201,15 @@ def main() -> int:
     env = environment()
     model = ufm.UFM(K=K, d=D, n=N_PER, loss="ce", lam_W=LAM, lam_H=LAM, lam_b=LAM)
     best = ufm.optimum(model).value
-    target = best * (1 + GAP)
-    key = jax.random.key(0)
-
-    # cold first: fresh processes, nothing of this one's warm state helps them
-    with tempfile.TemporaryDirectory() as cache:
-        hist = ufm.solve(model, key, steps=TARGETS["steps"], record_every=1, metrics=False)
-        gap = (np.asarray(hist.history["objective"]) - best) / abs(best)
-        ufm_steps = int(np.argmax(gap <= GAP)) if (gap <= GAP).any() else None
-        assert ufm_steps is not None, f"ufm.solve did not reach {GAP} in {TARGETS['steps']}"
-        cold = _cold("ufm", ufm_steps)
-        filling = _cold("ufm", ufm_steps, cache)
-        cached = _cold("ufm", ufm_steps, cache)
-
-    def solve():
-        return jax.block_until_ready(ufm.solve(model, key, steps=ufm_steps))
-
-    warm = min(timed(solve)[0] for _ in range(args.repeats))
-    res = solve()
-    final_gap = (float(res.objective) - best) / abs(best)
-    out = {"benchmark": "B2", "optimum": best, "gap": GAP,
-           "ufm": {"steps": ufm_steps, "warm_s": warm, "cold": cold, "cold_cached": cached,
-                   "cold_cache_filling": filling, "final_gap": final_gap}}  # fmt: skip
-    rows = [
-        ["ufm.solve (default L-BFGS), warm", ufm_steps, f"{warm:.3f}", "1"],
-        ["ufm.solve, cold (fresh process)", ufm_steps, f"{cold['process_s']:.2f}",
-         f"{cold['process_s'] / warm:.0f}"],
-        ["ufm.solve, cold, compilation cache filled", ufm_steps, f"{cached['process_s']:.2f}",
-         f"{cached['process_s'] / warm:.0f}"],
-    ]  # fmt: skip
-    use_peer = _peer.AVAILABLE and not args.no_peer
-    ratios = {"first_cold_s": cold["process_s"], "steps": ufm_steps}
-    if use_peer:
-        import torch
-
-        lams = (LAM,) * 3
-        lb = lambda b: _peer.lbfgs_run(K, D, N_PER, lams, b, dtype=torch.float64)  # noqa: E731
-        lb_steps = _first(lambda b: lb(b)[1] <= target, [2**k for k in range(3, 11)])
-        lb_warm = min(lb(lb_steps)[0] for _ in range(args.repeats))
-        lb_cold = _cold("torch", lb_steps)
-        out["lbfgs"] = {"iterations": lb_steps, "warm_s": lb_warm, "cold": lb_cold}
-        rows += [["torch L-BFGS (strong Wolfe), warm", lb_steps, f"{lb_warm:.3f}",
-                  f"{lb_warm / warm:.1f}"],
-                 ["torch L-BFGS, cold (fresh process)", lb_steps, f"{lb_cold['process_s']:.2f}",
-                  f"{lb_cold['process_s'] / warm:.0f}"]]  # fmt: skip
-        ratios.update(
-            warm_vs_lbfgs=lb_warm / warm,
-            cold_cached_vs_lbfgs_cold=lb_cold["process_s"] / cached["process_s"],
-        )
-        if not args.no_gd:
-            gd_s, gd_steps, gd_value = _peer.gd_until(
-                K, D, N_PER, lams, 1.0, target, args.gd_max_steps, dtype=torch.float64
-            )
-            gd_cold = gd_s + lb_cold["import_s"]
-            out["gd"] = {"steps": gd_steps, "seconds": gd_s, "cold_s": gd_cold,
-                         "final": gd_value}  # fmt: skip
-            rows += [["torch eager GD (lr 1)", gd_steps or f">{args.gd_max_steps}",
-                      f"{gd_s:.2f}", f"{gd_s / warm:.0f}"],
-                     ["torch eager GD, cold (+ import torch)", "", f"{gd_cold:.2f}",
-                      f"{gd_cold / warm:.0f}"]]  # fmt: skip
-            ratios.update(warm_vs_gd=gd_s / warm, cold_vs_gd_cold=gd_cold / cold["process_s"])
+    ufm_out, rows = _ufm(model, best, args.repeats)
+    cold, cached = ufm_out["cold"], ufm_out["cold_cached"]
+    out = {"benchmark": "B2", "optimum": best, "gap": GAP, "ufm": ufm_out}
+    ratios = {"first_cold_s": cold["process_s"], "steps": ufm_out["steps"]}
+    if _peer.AVAILABLE and not args.no_peer:
+        peer_out, peer_rows, peer_ratios = _peers(best * (1 + GAP), ufm_out, args)
+        out.update(peer_out)
+        rows += peer_rows
+        ratios.update(peer_ratios)
     out.update(ratios=ratios, targets=TARGETS, environment=env)
     print(f"B2 time to a 1e-9 relative gap of ufm.optimum (K={K}, d={D}, n={N_PER}, float64); "
           f"{_peer.describe()}; load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip

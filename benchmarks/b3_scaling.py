@@ -35,6 +35,47 @@ import ufm  # noqa: E402
 K, D, N_PER, LAM, LR = 10, 64, 50, 5e-4, 0.5
 
 
+def _point(model, runs: int, steps: int, args, use_peer: bool) -> dict:
+    """One run count: the tuned call cold and warm, the user's call warm, the vmap peer."""
+    lam_Ws = [1e-4, 5e-4, 1e-3, 5e-3][: min(4, runs)]
+    seeds = runs // len(lam_Ws)
+
+    def run():
+        return ufm.sweep(model, {"lam_W": lam_Ws, "learning_rate": LR}, seeds=seeds,
+                         steps=steps, optimizer=optax.sgd, chunk_size=args.chunk_size,
+                         progress=False)  # fmt: skip
+
+    def user():  # as a user writes it: a new optimizer object, the bar on
+        return ufm.sweep(model, {"lam_W": lam_Ws}, seeds=seeds, steps=steps,
+                         optimizer=optax.sgd(LR), chunk_size=args.chunk_size)  # fmt: skip
+
+    cold, _ = timed(run)
+    timed(user)
+    warm, sw = timed(run)
+    warm = min(warm, timed(run)[0])
+    warm_user = min(timed(user)[0] for _ in range(2))
+    mem = sw.meta["bytes_per_device_and_call"]
+    rate = runs * steps / warm
+    point = {
+        "runs": runs,
+        "cold_s": cold,
+        "warm_s": warm,
+        "warm_user_call_s": warm_user,
+        "user_call_run_steps_per_s": runs * steps / warm_user,
+        "run_steps_per_s": rate,
+        "gflops": rate * 6 * K * D * K * N_PER / 1e9,
+        "chunk_size": sw.meta["chunk_size"],
+        "chunks": sw.meta["chunks"],
+        "mb_per_device_and_call": None if mem is None else mem / 2**20,
+    }
+    if use_peer and runs <= args.peer_max_runs:
+        _peer.vmap_sweep(K, D, N_PER, lam_Ws, range(seeds), LAM, LAM, LR, 2)  # warm-up
+        t, _ = _peer.vmap_sweep(K, D, N_PER, lam_Ws, range(seeds), LAM, LAM, LR,
+                                args.peer_steps)  # fmt: skip
+        point["peer_vmap_run_steps_per_s"] = runs * args.peer_steps / t
+    return point
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=200)
@@ -52,7 +93,6 @@ def main() -> int:
     counts = [4**k for k in range(8) if 4**k <= args.max_runs]
     model = ufm.UFM(K=K, d=D, n=N_PER, loss="ce", lam_W=LAM, lam_H=LAM, lam_b=LAM)
     use_peer = _peer.AVAILABLE and not args.no_peer
-    flops_per_run_step = 6 * K * D * K * N_PER
 
     eager_rate = None
     if use_peer:
@@ -61,42 +101,9 @@ def main() -> int:
         eager_rate = steps / t
     rows, points = [], []
     for runs in counts:
-        lam_Ws = [1e-4, 5e-4, 1e-3, 5e-3][: min(4, runs)]
-        seeds = runs // len(lam_Ws)
-        grid = {"lam_W": lam_Ws, "learning_rate": LR}
-
-        def run(grid=grid, seeds=seeds):
-            return ufm.sweep(model, grid, seeds=seeds, steps=steps, optimizer=optax.sgd,
-                             chunk_size=args.chunk_size, progress=False)  # fmt: skip
-
-        def user(lam_Ws=lam_Ws, seeds=seeds):  # as a user writes it: a new optimizer, the bar
-            return ufm.sweep(model, {"lam_W": lam_Ws}, seeds=seeds, steps=steps,
-                             optimizer=optax.sgd(LR), chunk_size=args.chunk_size)  # fmt: skip
-
-        cold, _ = timed(run)
-        timed(user)
-        warm, sw = timed(run)
-        warm = min(warm, timed(run)[0])
-        warm_user = min(timed(user)[0] for _ in range(2))
-        mem = sw.meta["bytes_per_device_and_call"]
-        rate = runs * steps / warm
-        point = {
-            "runs": runs,
-            "cold_s": cold,
-            "warm_s": warm,
-            "warm_user_call_s": warm_user,
-            "user_call_run_steps_per_s": runs * steps / warm_user,
-            "run_steps_per_s": rate,
-            "gflops": rate * flops_per_run_step / 1e9,
-            "chunk_size": sw.meta["chunk_size"],
-            "chunks": sw.meta["chunks"],
-            "mb_per_device_and_call": None if mem is None else mem / 2**20,
-        }
-        if use_peer and runs <= args.peer_max_runs:
-            _peer.vmap_sweep(K, D, N_PER, lam_Ws, range(seeds), LAM, LAM, LR, 2)  # warm-up
-            t, _ = _peer.vmap_sweep(K, D, N_PER, lam_Ws, range(seeds), LAM, LAM, LR,
-                                    args.peer_steps)  # fmt: skip
-            point["peer_vmap_run_steps_per_s"] = runs * args.peer_steps / t
+        point = _point(model, runs, steps, args, use_peer)
+        rate = point["run_steps_per_s"]
+        cold, warm_user = point["cold_s"], point["warm_user_call_s"]
         if use_peer:
             point["peer_eager_run_steps_per_s"] = eager_rate
         points.append(point)
