@@ -81,10 +81,15 @@ def test_minimises_a_quadratic_the_optax_way():
     x = jnp.zeros(6)
     state = opt.init(x)
     vg = optax.value_and_grad_from_state(f)
-    for _ in range(30):
+
+    @jax.jit
+    def step(x, state):
         value, grad = vg(x, state=state)
         updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
-        x = optax.apply_updates(x, updates)
+        return optax.apply_updates(x, updates), state
+
+    for _ in range(30):
+        x, state = step(x, state)
     np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-10, atol=1e-12)
 
 
