@@ -142,6 +142,15 @@ def _takes(fn: Callable, name: str) -> bool:
         return False
 
 
+def _status(ok: Array, stat: Array, tol) -> Array:
+    """nonfinite where not `ok`, else converged where stat <= tol (never with tol None), else
+    max_steps (the status of a run still going)."""
+    going = int(RESULTS.max_steps)
+    if tol is not None:
+        going = jnp.where(stat <= tol, int(RESULTS.converged), going)
+    return jnp.where(ok, going, int(RESULTS.nonfinite))
+
+
 def build(
     model,
     optimizer: optax.GradientTransformation,
@@ -192,19 +201,13 @@ def build(
             return jnp.isfinite(value)
         return jnp.isfinite(value) & all_finite(grad) & all_finite(params)
 
-    def status_of(ok, stat):
-        going = int(RESULTS.max_steps)
-        if use_tol:
-            going = jnp.where(stat <= tol, int(RESULTS.converged), going)
-        return jnp.where(ok, going, int(RESULTS.nonfinite))
-
     def init(params) -> LoopState:
         v0, g0 = vg(params)
         opt_state = tx.init(params)
         stat0 = stationarity(project, params, g0) if use_tol else jnp.zeros((), v0.dtype)
         ok = finite(v0, g0, params, opt_state)
         zero = jnp.zeros((), int)  # strongly typed, as after a step: one signature for a carry
-        status = status_of(ok, stat0).astype(int)
+        status = _status(ok, stat0, tol).astype(int)
         return LoopState(params, opt_state, v0, g0, stat0, zero, status)
 
     def attempt(s: LoopState) -> LoopState:
@@ -222,7 +225,7 @@ def build(
         new_stat = stationarity(project, new, new_grad) if use_tol else s.stationarity
         steps = s.steps + jnp.ones((), s.steps.dtype)
         return LoopState(new, new_state, new_value, new_grad, new_stat, steps,
-                         status_of(ok, new_stat).astype(s.status.dtype))  # fmt: skip
+                         _status(ok, new_stat, tol).astype(s.status.dtype))  # fmt: skip
 
     def step(s: LoopState, active: Array | bool = True) -> LoopState:
         n = attempt(s)
