@@ -1,4 +1,4 @@
-"""B1 sweep throughput (BENCHMARKS.md): CE UFM, K=10, d=64, n=50, bias, lam_H = lam_b = 5e-4,
+"""B1 sweep throughput: CE UFM, K=10, d=64, n=50, bias, lam_H = lam_b = 5e-4,
 lam_W in {1e-4, 5e-4, 1e-3, 5e-3}, 8 seeds (32 runs), 1000 GD steps at lr 0.5, float32.
 
 Times `ufm.sweep` cold (first call in the process: tracing and compilation included) and warm

@@ -1,4 +1,4 @@
-"""B3 scaling in runs (BENCHMARKS.md): B1's problem (CE UFM, K=10, d=64, n=50, float32, GD at
+"""B3 scaling in runs: B1's problem (CE UFM, K=10, d=64, n=50, float32, GD at
 lr 0.5), 200 steps, runs = 1, 4, 16, ..., 4096 (lam_W spread over the runs' seeds).
 
 For each run count: `ufm.sweep` warm run-steps per second (after one cold call), tuned (the

@@ -1,4 +1,4 @@
-"""B5 one large problem (BENCHMARKS.md): CE UFM, K=1000, d=512, n=10 (N = 10^4), GD (lr 0.5, all
+"""B5 one large problem: CE UFM, K=1000, d=512, n=10 (N = 10^4), GD (lr 0.5, all
 lams 5e-4), float32: time per GD step of `ufm.solve` vs the eager PyTorch peer, and the fraction
 of this machine's float32 matmul peak (6 K d N FLOPs per step).
 

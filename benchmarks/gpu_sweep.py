@@ -1,4 +1,4 @@
-"""B4 GPU sweep (BENCHMARKS.md): B3's problem (CE UFM, K=10, d=64, n=50, float32, GD at lr 0.5,
+"""B4 GPU sweep: B3's problem (CE UFM, K=10, d=64, n=50, float32, GD at lr 0.5,
 200 steps) for runs = 4^k up to 10^5 on one accelerator, in one `ufm.sweep` call each.
 
 For each run count: warm run-steps per second (after one cold call), achieved GFLOP/s (6 K d N
