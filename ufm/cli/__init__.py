@@ -37,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
     res = ufm.solve(model, jax.random.key(args.seed), steps=args.steps, record_every=1, tol=1e-12)
     jax.block_until_ready(res)
     seconds = time.perf_counter() - t0
-    report = ufm.check(model, res.params, opt)
+    report = ufm.check(model, res.params)  # names the closed form it compares with
     print(f"ufm demo: {model}")
     print(
         f"solved in {seconds:.2f} s (compile included): {int(res.steps)} L-BFGS steps, "
