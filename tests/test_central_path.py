@@ -186,6 +186,7 @@ def test_bad_input_names_the_parameter():
         (dict(method="midpoint"), "method"),
         (dict(dt=0.3), "t"),
         (dict(gd_dt=0.3), "gd_dt"),
+        (dict(gd_dt=0.0), "gd_dt"),
     ]:
         args = dict(H0=H0, t=1.0, dt=0.5) | kwargs
         with pytest.raises(ValueError, match=name):

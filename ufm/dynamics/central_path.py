@@ -32,7 +32,7 @@ from ufm.dynamics.flows import FlowResult, gradient_flow, integrate, time_grid
 from ufm.dynamics.laws import check_ufm
 from ufm.metrics.dynamics import snr_singular_values
 from ufm.metrics.nc import _class_stats, nc_metrics
-from ufm.models._base import check_choice, is_concrete
+from ufm.models._base import check_choice, check_real, is_concrete
 from ufm.models.ufm import Params
 
 __all__ = [
@@ -199,14 +199,16 @@ def central_path(
     if not np.all(np.isfinite(np.asarray(X0))):
         raise ValueError("H0 must have an invertible within-class covariance, got a singular one")
     dt_, n_records, every = time_grid(t, dt, record_every)
-    H, history = _path(model, X0, dt_, n_records, every, method)
-    gd = None
     if gd_dt is not None:
+        gd_dt = float(check_real("gd_dt", gd_dt, strict=True))
         gd_every = int(round(record_every * dt / gd_dt))
         if gd_every < 1 or abs(gd_every * gd_dt - record_every * dt) > 1e-9 * record_every * dt:
             raise ValueError(
                 f"gd_dt must divide record_every * dt = {record_every * dt}, got gd_dt={gd_dt}"
             )
+    H, history = _path(model, X0, dt_, n_records, every, method)
+    gd = None
+    if gd_dt is not None:
         W, b = ridge_classifier(X0, model.labels, model.K, model.lam_W)
         gd = gradient_flow(model, Params(W, X0, b), t, gd_dt, gd_every, "euler", central_path_gap)
     return CentralPathResult(H, history, gd)
