@@ -273,6 +273,10 @@ def test_bad_arguments_are_named():
     nan = jax.tree.unflatten(treedef, [math.nan] + leaves[1:])
     with pytest.raises(ValueError, match="lam_W must be finite"):
         ufm.certify(nan)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        certified_minority_curve(2, 2, 8, [1.0], 0.05, 0.1, "ls", alpha=3.0)
+    with pytest.raises(ValueError, match="tol"):
+        certified_minority_curve(2, 2, 8, [1.0], 0.05, 0.1, tol=-1.0)
 
 
 # --- minority collapse from certificates ---------------------------------------------------------

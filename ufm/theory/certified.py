@@ -54,6 +54,7 @@ class CertifiedCurve(NamedTuple):
 
 def _curve(build, xs, K_A: int, K: int, R: np.ndarray, tol: float) -> CertifiedCurve:
     """Certify the forms build(x) for x in xs in one vmapped call, and measure the minority."""
+    tol = check_real("tol", tol, strict=True)
     with jax.enable_x64(True):
         forms = jax.vmap(build)(jnp.asarray(xs, dtype=jnp.float64))
         sol = solve_forms(forms, tol)
@@ -93,6 +94,8 @@ def certified_minority_curve(
     check_choice("loss", loss, ("ce", "ls", "mse"))
     lam_W, lam_H = check_real("lam_W", lam_W, strict=True), check_real("lam_H", lam_H, strict=True)
     lam_b = check_real("lam_b", lam_b)
+    if not 0.0 <= check_real("alpha", alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got alpha={alpha!r}")
 
     def build(x):
         counts = jnp.concatenate([jnp.full((K_A,), n_A), jnp.full((K_B,), 1.0) * x])
