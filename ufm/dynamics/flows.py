@@ -72,19 +72,29 @@ def increment(f: Callable, y, dt, method: str, k1=None):
     return jax.tree.map(lambda a, b, c, d: (dt / 6) * (a + 2 * b + 2 * c + d), k1, k2, k3, k4)
 
 
-def integrate(f: Callable, y0, dt, n_records: int, record_every, method: str, record: Callable):
-    """Fixed-step integration of dy/dt = f(y) (traceable): a `lax.scan` over n_records blocks,
-    each a `fori_loop` of record_every steps (traced: changing it recompiles nothing), recording
-    ``record(y, t)`` after each block. Returns (y at the end, history of stacked records)."""
+def _blocks(step: Callable, y0, dt, n_records: int, record_every, record: Callable):
+    """y <- step(y) (traceable): a `lax.scan` over n_records blocks, each a `fori_loop` of
+    record_every steps (traced: changing it recompiles nothing), recording ``record(y, t)``
+    (t = dt * steps so far) after each block. Returns (y at the end, history of stacked records)."""
 
     def block(carry, _):
         y, m = carry
-        y = lax.fori_loop(0, record_every, lambda _, y: _axpy(y, 1, increment(f, y, dt, method)), y)
+        y = lax.fori_loop(0, record_every, lambda _, y: step(y), y)
         m = m + record_every
         return (y, m), record(y, dt * m)
 
     (y, _), history = lax.scan(block, (y0, jnp.zeros((), int)), None, n_records)
     return y, history
+
+
+def integrate(f: Callable, y0, dt, n_records: int, record_every, method: str, record: Callable):
+    """Fixed-step integration of dy/dt = f(y) (traceable) by `increment`, in the record blocks of
+    `_blocks`. Returns (y at the end, history of stacked ``record(y, t)``)."""
+
+    def step(y):
+        return _axpy(y, 1, increment(f, y, dt, method))
+
+    return _blocks(step, y0, dt, n_records, record_every, record)
 
 
 def rk4(dt) -> optax.GradientTransformationExtraArgs:
@@ -111,17 +121,13 @@ def _flow(model, params0, dt, n_records, record_every, method, stats):
     loop = build(model, step, metrics=False)
     going = int(RESULTS.max_steps)
 
-    def advance(_, s):
+    def advance(s):
         return loop.step(s, s.status == going)
 
-    def block(carry, _):
-        s, m = carry
-        s = lax.fori_loop(0, record_every, advance, s)
-        m = m + record_every
-        return (s, m), {"t": dt * m, "objective": s.value, **stats(model, s.params, params0)}
+    def record(s, t):
+        return {"t": t, "objective": s.value, **stats(model, s.params, params0)}
 
-    init = (loop.init(params0), jnp.zeros((), int))
-    (s, _), history = lax.scan(block, init, None, n_records)
+    s, history = _blocks(advance, loop.init(params0), dt, n_records, record_every, record)
     return FlowResult(s.params, history, s.status == int(RESULTS.nonfinite))
 
 
