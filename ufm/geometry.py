@@ -30,6 +30,13 @@ def _check_K_d(K: int, d: int, d_min: int) -> None:
         raise ValueError(f"d must be an integer >= {d_min} here (K={K}), got d={d!r}")
 
 
+def _unit(X: Array, axis: int) -> Array:
+    """X with its slices along `axis` scaled to unit norm (a zero slice stays 0, never NaN)."""
+    sq = jnp.sum(X * X, axis=axis, keepdims=True)
+    pos = sq > 0
+    return X * jnp.where(pos, jax.lax.rsqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
 def centering(K: int, dtype=None) -> Array:
     """P = I_K - 11^T/K, the projector onto the complement of the all-ones vector."""
     return jnp.eye(K, dtype=dtype) - jnp.full((K, K), 1.0 / K, dtype=dtype)

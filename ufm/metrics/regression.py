@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ufm.geometry import _unit
+
 __all__ = ["nrc_metrics"]
 
 _mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
@@ -18,10 +20,7 @@ _mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
 def _normalised_features(H: Array) -> Array:
     """(d, N): the centred features h_i - h_G scaled to unit norm (a zero column stays 0)."""
-    C = H - jnp.mean(H, axis=1, keepdims=True)
-    sq = jnp.sum(C * C, axis=0, keepdims=True)
-    pos = sq > 0
-    return C * jnp.where(pos, jax.lax.rsqrt(jnp.where(pos, sq, 1.0)), 0.0)
+    return _unit(H - jnp.mean(H, axis=1, keepdims=True), 0)
 
 
 def _residual(X: Array, U: Array, keep: Array) -> Array:

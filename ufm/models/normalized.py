@@ -13,19 +13,13 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ufm.geometry import _unit
 from ufm.losses import LOSSES
 from ufm.metrics import nc_metrics
 from ufm.models._base import ClassLayout, choice_check, leaf, static
 from ufm.models.ufm import Params
 
 __all__ = ["NormalizedUFM"]
-
-
-def _unit(X: Array, axis: int) -> Array:
-    """X with its slices along `axis` scaled to unit norm (a zero slice stays 0, never NaN)."""
-    sq = jnp.sum(X * X, axis=axis, keepdims=True)
-    pos = sq > 0
-    return X * jnp.where(pos, jax.lax.rsqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
 class NormalizedUFM(ClassLayout):

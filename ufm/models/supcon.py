@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ufm.geometry import _unit
 from ufm.metrics import nc_metrics
 from ufm.models._base import ClassLayout, leaf
-from ufm.models.normalized import _unit
 
 __all__ = ["SupConUFM"]
 
