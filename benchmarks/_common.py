@@ -69,6 +69,12 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
+def verdict(value: float, target: float, at_most: bool = False) -> str:
+    """The verdict 'target >= T: meets' (or 'misses'); with at_most the target is an upper bound."""
+    ok = value <= target if at_most else value >= target
+    return f"target {'<=' if at_most else '>='} {target}: {'meets' if ok else 'misses'}"
+
+
 def markdown(rows: list[list], head: list[str]) -> str:
     cells = [[str(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(head)]

@@ -32,7 +32,14 @@ import _peer  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from _common import environment, jax_matmul_gflops, markdown, timed, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    environment,
+    jax_matmul_gflops,
+    markdown,
+    timed,
+    verdict,
+    write_json,
+)
 
 import ufm  # noqa: E402
 
@@ -124,9 +131,7 @@ def main() -> int:
     print(markdown(rows, ["", "seconds", "x ufm warm", "GFLOP/s", "of peak"]))
     print()
     for k, v in ratios.items():
-        ok = "meets" if v >= TARGETS[k] else "below"
-        print(f"{k:15s} {v:8.2f}  (target >= {TARGETS[k]}: {ok}); tuned call "
-              f"{tuned_ratios[k]:.2f}")  # fmt: skip
+        print(f"{k:15s} {v:8.2f}  ({verdict(v, TARGETS[k])}); tuned call {tuned_ratios[k]:.2f}")
     lam_med = np.median(t["sweep"].objective, axis=-1)
     print("\nfinal objective (median over seeds) per lam_W:", np.round(lam_med, 4).tolist())
     if t["peer_obj"] is not None:

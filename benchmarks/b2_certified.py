@@ -193,7 +193,7 @@ def main() -> int:
     sys.path.insert(0, here)
     import _peer
     import jax
-    from _common import environment, markdown, write_json
+    from _common import environment, markdown, verdict, write_json
 
     jax.config.update("jax_enable_x64", True)
     import ufm
@@ -219,10 +219,7 @@ def main() -> int:
           f"cache: import {cached['import_s']:.2f} s, solve {cached['run_s']:.2f} s "
           f"({cached['compiles']} compilations)\n")  # fmt: skip
     for k, v in ratios.items():
-        low = k in ("first_cold_s", "steps")
-        ok = v <= TARGETS[k] if low else v >= TARGETS[k]
-        print(f"{k:26s} {v:8.2f}  (target {'<=' if low else '>='} {TARGETS[k]}: "
-              f"{'meets' if ok else 'misses'})")  # fmt: skip
+        print(f"{k:26s} {v:8.2f}  ({verdict(v, TARGETS[k], k in ('first_cold_s', 'steps'))})")
     write_json(args.out, out)
     return 0
 

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _peer  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import environment, markdown, timed, write_json  # noqa: E402
+from _common import environment, markdown, timed, verdict, write_json  # noqa: E402
 
 import ufm  # noqa: E402
 
@@ -78,8 +78,7 @@ def main() -> int:
           f"{os.getloadavg()[0]:.1f}\n")  # fmt: skip
     print(markdown(rows, ["", "seconds", "x ufm warm", "median gap", "max gap"]))
     for k, v in ratios.items():
-        print(f"{k:20s} {v:8.2f}  (target >= {TARGETS[k]}: "
-              f"{'meets' if v >= TARGETS[k] else 'misses'})")  # fmt: skip
+        print(f"{k:20s} {v:8.2f}  ({verdict(v, TARGETS[k])})")
     write_json(args.out, dict(out, ratios=ratios, targets=TARGETS, environment=env))
     return 0
 
