@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ufm.metrics.nc import nc1_trace
+from ufm.metrics.nc import _class_stats, _trace_ratio
 
 __all__ = [
     "gnc_metrics",
@@ -127,14 +127,15 @@ def gnc_metrics(H: Array, labels: Array, W: Array, steps: int = 2000) -> dict[st
         features and mu_G their mean (GNC3).
     """
     K = W.shape[0]
-    F = H / jnp.linalg.norm(H, axis=0, keepdims=True)
-    Y = jax.nn.one_hot(labels, K, dtype=F.dtype)
-    Mc = (F @ Y) / Y.sum(0)[None, :] - F.mean(axis=1)[:, None]  # centred class means
+    _, _, M, mu_G, R = _class_stats(
+        H / jnp.linalg.norm(H, axis=0, keepdims=True), labels, K, "weighted"
+    )
+    Mc = M - mu_G[:, None]  # centred class means of the normalised features
     cos = jnp.sum(W * Mc.T, axis=1) / (jnp.linalg.norm(W, axis=1) * jnp.linalg.norm(Mc, axis=0))
     return {
         "one_vs_rest": jnp.min(one_vs_rest_distances(W, steps)),
         "min_pairwise": min_pairwise_distance(W),
         "energy": hyperspherical_energy(W),
-        "nc1_normalized": nc1_trace(F, labels, K),
+        "nc1_normalized": _trace_ratio(R, Mc),
         "self_duality": jnp.mean(1.0 - cos),
     }
