@@ -80,6 +80,13 @@ def default_optimizer() -> optax.GradientTransformationExtraArgs:
     return lbfgs()
 
 
+def optimizer_for(model) -> optax.GradientTransformation:
+    """The optimizer a model runs with when none is given: ``model.default_optimizer()`` where
+    the model defines it (constrained models: projected gradient), else `default_optimizer()`."""
+    own = getattr(model, "default_optimizer", None)
+    return default_optimizer() if own is None else own()
+
+
 def run(
     model,
     params0,
@@ -201,9 +208,8 @@ def solve(
     for name, flag in (("metrics", metrics), ("throw", throw)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {name}={flag!r}")
-    if optimizer is None:  # a model may name its own (constrained models: projected gradient)
-        own = getattr(model, "default_optimizer", None)
-        optimizer = default_optimizer() if own is None else own()
+    if optimizer is None:
+        optimizer = optimizer_for(model)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(
             f"optimizer must be an optax GradientTransformation, got optimizer={optimizer!r}"

@@ -21,8 +21,7 @@ import optax
 
 from ufm._static import Static
 from ufm.loop import history_capacity
-from ufm.models._base import check_int
-from ufm.solve import check_tol, default_optimizer
+from ufm.solve import check_steps, check_tol, optimizer_for
 
 __all__ = ["Plan", "make_plan", "config_hash", "optimizer_params", "describe"]
 
@@ -157,13 +156,6 @@ def model_meta(model) -> dict:
 SMALL_PARAMS = 8192  # a run with at most this many parameters is "small" (see ufm.sweep)
 
 
-def _default_optimizer_for(model) -> optax.GradientTransformation:
-    """The optimizer `ufm.solve` would use: the model's own default, else
-    `ufm.solve.default_optimizer` (L-BFGS with a bounded backtracking search, which vmaps)."""
-    own = getattr(model, "default_optimizer", None)
-    return default_optimizer() if own is None else own()
-
-
 def _parameter_count(model) -> int:
     return sum(x.size for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))))
 
@@ -173,7 +165,7 @@ def _check_optimizer(model, optimizer, grid, fields) -> tuple[Any, bool]:
     required parameters checked against its signature."""
     opt_keys = [k for k in grid if k not in fields]
     if optimizer is None:
-        optimizer = _default_optimizer_for(model)
+        optimizer = optimizer_for(model)
     is_factory = not isinstance(optimizer, optax.GradientTransformation)
     if is_factory and not callable(optimizer):
         raise ValueError(
@@ -400,9 +392,8 @@ def make_plan(
     """Check every argument of `ufm.sweep` (ValueError naming the parameter) and lay the runs
     out: grid points in C order over the axes, each repeated over the seeds (seed fastest)."""
     fields = _check_model(model)
-    max_steps = check_int("steps", max_steps, 1)
-    if record_every is not None:
-        record_every = min(check_int("record_every", record_every, 1), max_steps)
+    max_steps, every = check_steps(max_steps, record_every)
+    record_every = None if record_every is None else every
     tol = check_tol(tol)
     if not isinstance(keep_params, bool):
         raise ValueError(f"keep_params must be True or False, got keep_params={keep_params!r}")
