@@ -140,13 +140,15 @@ def _shift(v: Array, new_s: Array, new_y: Array, m: int) -> Array:
     return jnp.concatenate([new_s[None], v[: m - 1], new_y[None], v[m : 2 * m - 1]])
 
 
-def _remember(state: LbfgsState, u, y, g_new, rows_u, new_gdots, keep, ok, m: int):
+def _remember(state: LbfgsState, u, y, g_new, rows_u, new_gdots, ok, m: int):
     """The memory after the step u = s = x_new - x with gradient change y and new gradient
     g_new, given the old pairs' dot products (by age) with u (`rows_u`) and with g_new
-    (`new_gdots`): the pair (u, y) enters as age 0 in the oldest pair's slot where `keep`, the
-    memory is cleared where not `ok`. Up to `_DENSE` parameters the memory is written through
-    a mask (no scatter when vmapped), beyond that two rows are written in place."""
+    (`new_gdots`): the pair (u, y) enters as age 0 in the oldest pair's slot where `ok` and
+    s'y > eps ||s|| ||y||, the memory is cleared where not `ok`. Up to `_DENSE` parameters the
+    memory is written through a mask (no scatter when vmapped), beyond that two rows are
+    written in place."""
     ss, sy, yy = jnp.vdot(u, u), jnp.vdot(u, y), jnp.vdot(y, y)
+    keep = ok & (sy > jnp.finfo(sy.dtype).eps * jnp.sqrt(ss * yy))
     rows_y = new_gdots - state.gdots  # old pairs . y, y = g_new - g
     rows = _shift(state.dots, rows_u, rows_y, m)  # rows by new age, columns by old age
     col_u = _shift(rows_u, ss, sy, m)
@@ -251,11 +253,9 @@ def lbfgs(
         g = jax.tree.map(lambda a, b: jnp.where(ok, a, b), g, grad)
         g_new = ravel_pytree(g)[0]
         y = g_new - g0
-        sy = jnp.vdot(u, y)
-        keep = ok & (sy > jnp.finfo(sy.dtype).eps * jnp.sqrt(jnp.vdot(u, u) * jnp.vdot(y, y)))
         new_gdots = _by_age(state, m) @ (state.memory @ g_new).reshape(2, m).T  # (m, 2) by age
         new_gdots = new_gdots.T.reshape(2 * m)
-        new = _remember(state, u, y, g_new, t * rows_p, new_gdots, keep, ok, m)
+        new = _remember(state, u, y, g_new, t * rows_p, new_gdots, ok, m)
         return unravel(u), new._replace(stalled=~ok, value=jnp.where(ok, v, value), grad=g)
 
     return optax.GradientTransformationExtraArgs(init, update)
