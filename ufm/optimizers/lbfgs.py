@@ -197,13 +197,16 @@ def lbfgs(
     Returns:
       An optax GradientTransformationExtraArgs whose state is a `LbfgsState`.
     """
-    for name, value, ok in (
-        ("memory_size", memory_size, isinstance(memory_size, int) and memory_size >= 1),
-        ("max_backtracks", max_backtracks, isinstance(max_backtracks, int) and max_backtracks >= 0),
-        ("c1", c1, isinstance(c1, float) and 0 < c1 < 0.5),
-    ):
+    for name, value, ok, allowed in (
+        ("memory_size", memory_size, isinstance(memory_size, int) and memory_size >= 1,
+         "an integer >= 1"),
+        ("max_backtracks", max_backtracks, isinstance(max_backtracks, int) and max_backtracks >= 0,
+         "an integer >= 0"),
+        ("c1", c1, isinstance(c1, float) and 0 < c1 < 0.5, "a float in (0, 1/2)"),
+    ):  # fmt: skip
         if not ok or isinstance(value, bool):
-            raise ValueError(f"lbfgs: {name} has an invalid value {name}={value!r}")
+            raise ValueError(f"lbfgs: {name} has an invalid value {name}={value!r}; "
+                             f"it must be {allowed}")  # fmt: skip
     m = memory_size
 
     def init(params) -> LbfgsState:
