@@ -152,11 +152,7 @@ def _model_at(sw, index: tuple[int, ...]):
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(sw.model)}
-    values = {k: v for k, v in sw.grid.items() if k in fields and not hasattr(v, "__len__")}
-    for axis, i in zip(sw.axes, index, strict=False):
-        for name in axis:
-            if name in fields:
-                values[name] = float(sw.grid[name][i])
+    values = {k: v for k, v in sw._point_values(index).items() if k in fields}
     return dataclasses.replace(sw.model, **values)
 
 
