@@ -94,10 +94,10 @@ class Loop(NamedTuple):
     stationarity(state) -> (): the stationarity measure at ``state.params``.
     record(state) -> dict[str, ()]: what a history stores at a record point: step, objective,
       grad_norm, and ``model.metrics`` unless built with ``metrics=False``.
-    attempt(state) -> LoopState: one unguarded step of a single run: the new state, whose
-      status is ``nonfinite`` (and iterate possibly not finite) when the step failed. A loop of
-      attempts that keeps the state before the last one (`advance`) guards a run without a
-      select per step.
+    attempt(state) -> LoopState: one unguarded step: the new state, whose status is
+      ``nonfinite`` (and iterate possibly not finite) when the step failed. `advance` loops over
+      attempts while every run goes on (no select per step) and falls back to `step` only
+      when one has failed.
     """
 
     init: Callable[[Any], LoopState]
@@ -320,9 +320,13 @@ def advance(
     Row b holds ``record`` after min(b record_every, max_steps) steps, or at the step where the
     run stopped (its last row; later rows stay NaN). The budget, the record interval and `stop`
     may be traced: one compiled loop serves every budget, and a run can be advanced in segments
-    (stop = 100, 200, ...) with results identical to one call. A single run steps by
-    ``loop.attempt`` keeping the state before the last attempt (restored if that one failed),
-    a batch by ``loop.step`` with the runs that must not move masked.
+    (stop = 100, 200, ...) with results identical to one call.
+
+    Between two record points the runs step by ``loop.attempt`` while every one of them goes
+    on: no select per step, which costs a quarter of a small run's step. Where a run stopped
+    there, the others go on by ``loop.step`` with it masked; where an attempt failed, every run
+    starts that stretch again from its beginning by ``loop.step``, so that the failed run is
+    frozen at its last finite iterate (a stretch computed twice, only in a run that fails).
 
     Args:
       loop: a `Loop`, or an object with its ``step``, ``attempt`` and ``record`` acting on a
@@ -343,16 +347,14 @@ def advance(
         return (s.steps < limit) & (s.status == going)
 
     def steps_to(s, limit):
-        if s.steps.ndim:  # a batch: runs that must not move are masked
-            return jax.lax.while_loop(
-                lambda s: jnp.any(running(s, limit)), lambda s: loop.step(s, running(s, limit)), s
-            )
-        before, s = jax.lax.while_loop(
-            lambda t: running(t[1], limit), lambda t: (t[1], loop.attempt(t[1])), (s, s)
+        # unguarded attempts while every run goes on (the fast path: no select per step); if
+        # one failed, all start again from `s`, stepped with the runs that must not move masked
+        fast = jax.lax.while_loop(lambda s: jnp.all(running(s, limit)), loop.attempt, s)
+        again = jnp.any(fast.status == failed)
+        s = jax.tree.map(lambda a, b: jnp.where(again, a, b), s, fast)
+        return jax.lax.while_loop(
+            lambda s: jnp.any(running(s, limit)), lambda s: loop.step(s, running(s, limit)), s
         )
-        back = s.status == failed  # the last attempt failed: the state before it, frozen
-        kept = jax.tree.map(lambda a, b: jnp.where(back, a, b), before, s)
-        return kept._replace(status=s.status)
 
     if history is None:
         return steps_to(state, stop), None
