@@ -11,9 +11,8 @@ budget and record interval are arguments, so one compiled function serves every 
 budget; optimizers are keyed by what they compute (`ufm._static.Static`), so an equal optimizer
 built anew (``optax.sgd(0.5)`` in every call) reuses it. The run axis of a chunk is split over
 devices with a 1-D mesh; on each device the runs go through one loop over optimizer steps
-(`ufm.loop`), vmapped over all of them on an accelerator and for small problems on CPU, one run
-after another for larger problems on CPU (where a run's arrays stay in cache and unbatched
-matrix products are fastest). The host drives a chunk in segments of steps (progress and
+(`ufm.loop`), vmapped over all of them on an accelerator, in groups whose states fit a
+core's cache on CPU. The host drives a chunk in segments of steps (progress and
 checkpoints between them, no host callback in the compiled loop).
 
 The parts, in the order a call uses them: `plan` (arguments checked, grid laid out as per-run
@@ -39,7 +38,14 @@ from ufm.sweep.checkpoint import Checkpoint
 from ufm.sweep.driver import ChunkRun, Clock
 from ufm.sweep.io import load_sweep, versions
 from ufm.sweep.kernel import Config
-from ufm.sweep.layout import Layout, check_devices, chunk_size_for, make_layout, to_host
+from ufm.sweep.layout import (
+    Layout,
+    check_devices,
+    chunk_size_for,
+    make_layout,
+    state_bytes,
+    to_host,
+)
 from ufm.sweep.plan import Plan, config_hash, make_plan
 from ufm.sweep.progress import Progress
 from ufm.sweep.result import Sweep
@@ -117,11 +123,10 @@ def sweep(
         every device of every process after ``jax.distributed.initialize()``.
       group_size: runs stepped together in one vmapped loop on each device; the groups of a
         chunk run one after another. Default: every run of the device's share of the chunk on
-        accelerators (one batched kernel per op), and on CPU for small problems (at most 8192
-        parameters per run, where one run's steps are too small to keep a core busy); 1 on
-        CPU for larger problems (a run's arrays stay in
-        cache and unbatched matrix products are fastest: 1.7x less CPU time than vmapping
-        32 runs of B1).
+        accelerators (one batched kernel per op); on CPU as many as have their loop states
+        (parameters, gradient, optimizer state) within 2 MiB, a core's cache, at least 1:
+        every run of a small problem, 8 runs of B1 (1.25x faster than one at a time), one
+        run at a time for large problems.
       keep_params: also return the final parameters of every run (memory: runs x model size).
       progress: show a tqdm progress bar (run-steps done, runs done, rate, ETA) on stderr,
         updated about twice a second between segments of steps.
@@ -154,7 +159,7 @@ def sweep(
     if checkpoint is not None:
         ckpt = Checkpoint(checkpoint, plan.config, chunk, R, writer=jax.process_index() == 0)
         chunk = ckpt.chunk  # resume with the checkpoint's chunks, whatever the devices now
-    layout = make_layout(R, devices, chunk, group_size, plan.small)
+    layout = make_layout(R, devices, chunk, group_size, state_bytes(plan))
     cfg = _config(plan, layout)
     with Progress(progress, R, plan.max_steps) as bar:
         parts, resumed, memory = _run_chunks(

@@ -20,6 +20,7 @@ from ufm.sweep.plan import Plan, cached
 __all__ = ["Layout", "check_devices", "chunk_size_for", "make_layout", "to_global", "to_host"]
 
 _CPU_MAX_CHUNK = 1024  # default cap of runs per CPU device and chunk (checkpoint granularity)
+_CPU_GROUP_BYTES = 2 << 20  # loop states of one group of runs on CPU: about a core's L2 cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,22 +60,24 @@ def check_devices(devices: Sequence[jax.Device] | None) -> list:
     return devices
 
 
-def _bytes_per_run(plan: Plan) -> int:
-    """An estimate of the memory one run needs inside a chunk: its carry (parameters, optimizer
-    state, gradient) about four times over (proposal, temporaries), plus history rows."""
+def state_bytes(plan: Plan) -> int:
+    """Bytes of one run's loop state: parameters, gradient and optimizer state."""
     hp = tuple(sorted((k, float(v[0])) for k, v in plan.hparams.items()))
-    nbytes = cached(_carry_bytes, plan.model, Static(plan.optimizer), plan.is_factory, hp)
-    per = 4 * (2 * nbytes) + 64 * 8
-    per += plan.rows * 64 * 8
-    return int(per)
+    return cached(_state_bytes, plan.model, Static(plan.optimizer), plan.is_factory, hp)
 
 
 @functools.lru_cache(maxsize=256)
-def _carry_bytes(model, optimizer: Static, is_factory, hp) -> int:
+def _state_bytes(model, optimizer: Static, is_factory, hp) -> int:
     params = jax.eval_shape(model.init, jax.random.key(0))
     tx = optimizer.value(**dict(hp)) if is_factory else optimizer.value
     state = jax.eval_shape(tx.init, params)
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, state)))
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, params, state)))
+
+
+def _bytes_per_run(plan: Plan) -> int:
+    """An estimate of the memory one run needs inside a chunk: its loop state about four times
+    over (proposal, temporaries), plus history rows."""
+    return int(4 * state_bytes(plan) + 64 * 8 + plan.rows * 64 * 8)
 
 
 def _default_budget(device) -> int:
@@ -113,17 +116,17 @@ def chunk_size_for(plan: Plan, devices: list, chunk_size, memory_budget) -> int:
     return min(chunk, R)
 
 
-def make_layout(n_runs: int, devices: list, chunk: int, group_size, small: bool) -> Layout:
+def make_layout(n_runs: int, devices: list, chunk: int, group_size, run_bytes: int) -> Layout:
     """The layout of `n_runs` runs in chunks of `chunk` over `devices`, `group_size` runs per
-    vmapped loop (default: every run of the device's shard on accelerators and, for small
-    problems, on CPU; one run at a time for larger problems on CPU, where a run's arrays stay
-    in cache)."""
+    vmapped loop (default: every run of the device's shard on accelerators; on CPU as many
+    runs as have their loop states, `run_bytes` each, within `_CPU_GROUP_BYTES`, at least one:
+    a group's arrays then stay in a core's cache)."""
     _check_count("group_size", group_size)
     n_dev = len(devices)
     local = -(-chunk // n_dev)  # runs per device and call
     on_cpu = devices[0].platform == "cpu"
     if group_size is None:
-        group = 1 if on_cpu and not small else local
+        group = max(1, min(local, _CPU_GROUP_BYTES // max(run_bytes, 1))) if on_cpu else local
     else:
         group = min(int(group_size), local)
     local = -(-local // group) * group

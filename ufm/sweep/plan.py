@@ -49,7 +49,6 @@ class Plan:
     keep_params: bool
     config: dict  # JSON-able identity of the sweep (hashed for checkpoints)
     rows: int  # history rows kept per run: 0 without record_every, else a power of 2 >= T
-    small: bool  # at most SMALL_PARAMS parameters per run (batched on CPU too)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,13 +152,6 @@ def model_meta(model) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The optimizer: default, factory checks, fingerprint
 # ----------------------------------------------------------------------------------------------
-SMALL_PARAMS = 8192  # a run with at most this many parameters is "small" (see ufm.sweep)
-
-
-def _parameter_count(model) -> int:
-    return sum(x.size for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))))
-
-
 def _check_optimizer(model, optimizer, grid, fields) -> tuple[Any, bool]:
     """(optimizer, is_factory): the model's default when None; a factory's grid keys and
     required parameters checked against its signature."""
@@ -445,5 +437,4 @@ def make_plan(
         keep_params=keep_params,
         config=config,
         rows=0 if record_every is None else history_capacity(max_steps, record_every),
-        small=_parameter_count(model) <= SMALL_PARAMS,
     )
