@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import ufm
+from ufm.label_noise import symmetric_noise
+from ufm.multilabel import all_label_sets
 from ufm.theory import NoClosedForm
 
 GAP = 1e-9  # relative objective gap the default optimizer must reach
@@ -210,4 +212,47 @@ def test_check_takes_every_parameter_layout(model, key):
     assert math.isnan(at_opt.gram_gap_W) == (type(model) is ufm.SupConUFM)  # no classifier
     start = ufm.check(model, model.init(key))
     assert start.gap > 1e-3 and start.gram_gap_H > 1e-3
-    assert start.table().splitlines()[0] == "optimum: closed form"
+    assert start.table().splitlines()[0] == f"optimum: closed form, {ufm.optimum(model).source}"
+
+
+_RELU = dict(activation="relu", lam_H=1e-2, lam_Ws=1e-2)
+_NOISY_N, _NOISY = symmetric_noise(3, 2, 1)
+# (model, the paper or docs/theory.md section its closed form cites): every registered family,
+# and the cases where one family's closed forms come from different papers.
+SOURCES = [
+    (ufm.UFM(K=4, d=5, n=2, lam_W=1e-3, lam_H=1e-3), "Zhu et al. 2021"),
+    (ufm.UFM(K=5, d=2, n=2, lam_W=5e-3, lam_H=5e-3, bias=False), "Jiang et al. 2024"),  # K-gon
+    (ufm.UFM(K=3, d=3, n=2, loss="mse", bias=False), "Tirer & Bruna 2022"),
+    (ufm.UFM(K=3, d=3, n=2, loss="mse"), "Zhou et al. 2022"),
+    (ufm.UFM(K=3, d=3, n=2, loss="ls", alpha=0.1), "Zhou et al. 2022"),
+    (ufm.ExtendedUFM(3, 4, 2, depth=2), "Dang et al. 2023"),
+    (ufm.ExtendedUFM(3, 4, 2, depth=2, **_RELU), "Dang et al. 2023; Tirer & Bruna 2022"),
+    (ufm.ExtendedUFM(2, 3, 2, depth=4, **_RELU), "Dang et al. 2023; Sukenik et al. 2023"),
+    (ufm.ExtendedUFM(3, 4, 2, depth=1, loss="ce"), "Zhu et al. 2021"),  # delegates to the UFM
+    (ufm.LayerPeeled(3, 3, 2), "Fang et al. 2021"),
+    (ufm.NormalizedUFM(3, 3, 2), "Yaras et al. 2022"),
+    (ufm.NormalizedUFM(5, 2, 1), "Jiang et al. 2024"),  # K > d+1: the K-gon
+    (ufm.FixedETFUFM(K=3, d=4, n=2), "Yang et al. 2022"),
+    (ufm.FixedETFUFM(K=3, d=4, n=(2, 3, 1), h_budget="class"), "docs/theory.md §19"),
+    (ufm.RegressionUFM(d=3, Y=np.linspace(-1, 1, 10).reshape(2, 5)), "Andriopoulos et al. 2024"),
+    (ufm.MultiLabelUFM(K=3, d=2, label_sets=all_label_sets(3, (1, 2))), "Li et al. 2024"),
+    (ufm.NoisyUFM(K=3, d=2, n=_NOISY_N, noisy=_NOISY), "docs/theory.md §6.4"),
+    (ufm.SupConUFM(K=3, d=4, n=2, tau=0.5), "Graf et al. 2021"),
+    (ufm.MaxMarginUFM(K=3, d=4, n=2), "Thrampoulidis et al. 2022"),
+]
+
+
+def test_every_closed_form_names_its_source():
+    """Every family registered with `ufm.optimum` is listed, and each closed form's `source` is
+    the paper (or section) it cites, a delegated case keeping the source of its delegate."""
+    assert set(ufm.optimum.registry) - {object} == {type(m) for m, _ in SOURCES}
+    for model, source in SOURCES:
+        assert ufm.optimum(model).source == source, model
+
+
+@pytest.mark.parametrize("i", [0, 9], ids=["UFM-ce", "LayerPeeled"])
+def test_check_report_names_the_closed_form_source(i):
+    model, source = SOURCES[i]
+    report = ufm.check(model, ufm.optimum(model).params)
+    assert report.source == f"closed form, {source}"
+    assert report.table().splitlines()[0] == f"optimum: closed form, {source}"

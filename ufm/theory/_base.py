@@ -18,15 +18,24 @@ class NoClosedForm(ValueError):
 
 
 class Optimum(NamedTuple):
-    """A global minimum value and one minimiser (unique up to rotations of feature space)."""
+    """A global minimum value and one minimiser (unique up to rotations of feature space).
+
+    value: the minimum f*.
+    params: one minimiser, in the model's parameter layout.
+    source: the paper(s) whose closed form gave it, e.g. "Zhu et al. 2021", or the section of
+      docs/theory.md where a case no paper covers is derived; "" when it comes from no closed form
+      (a certified optimum, `ufm.certify`). `ufm.check` names it in its report.
+    """
 
     value: float
     params: Any
+    source: str = ""
 
 
 @functools.singledispatch
 def optimum(model) -> Optimum:
-    """The global optimum of ``model.objective`` where theory knows it; else raises NoClosedForm."""
+    """The global optimum of ``model.objective`` where theory knows it, with the paper it comes
+    from (`Optimum.source`); else raises NoClosedForm."""
     raise NoClosedForm(f"no closed-form optimum is known for {type(model).__name__}")
 
 
@@ -61,8 +70,8 @@ class CheckReport:
       the predicted one; NaN when the optimum is zero.
     norm_ratio, norm_ratio_predicted: ||W||_F/||H||_F measured and at the optimum.
     zero_optimum: the optimum is W = H = 0 (metrics are then undefined).
-    source: where the optimum comes from: "closed form, <paper>", "certified, gap <g>" (a
-      certified optimum, `ufm.certify`) or "given optimum".
+    source: where the optimum comes from: "closed form, <paper>" (<paper> its `Optimum.source`),
+      "certified, gap <g>" (a certified optimum, `ufm.certify`) or "given optimum".
     """
 
     objective: float
@@ -109,32 +118,12 @@ class CheckReport:
         return self.table()
 
 
-_PAPERS = {
-    "LayerPeeled": "Fang et al. 2021",
-    "NormalizedUFM": "Yaras et al. 2022",
-    "ExtendedUFM": "Dang et al. 2023",
-    "MultiLabelUFM": "Li et al. 2024",
-}
-
-
-def _closed_form_source(model) -> str:
-    """'closed form, <paper>' for the report (the paper of the model's closed form)."""
-    paper = _PAPERS.get(type(model).__name__)
-    if type(model).__name__ == "UFM":
-        if model.loss == "ce":
-            paper = "Jiang et al. 2024" if model.d < model.K - 1 else "Zhu et al. 2021"
-        elif model.loss == "mse" and not model.bias:
-            paper = "Tirer & Bruna 2022"
-        else:
-            paper = "Zhou et al. 2022"
-    return f"closed form, {paper}" if paper else "closed form"
-
-
 def _reference(model) -> tuple[Optimum, str]:
     """The optimum to compare with and its source: the closed form where one exists, else the
     certified optimum of `ufm.certify` (its lower bound when d is below the rank it needs)."""
     try:
-        return optimum(model), _closed_form_source(model)
+        opt = optimum(model)
+        return opt, f"closed form, {opt.source}" if opt.source else "closed form"
     except NoClosedForm as closed:
         from ufm.theory.certify import NoCertificate, certify
 

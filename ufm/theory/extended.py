@@ -90,7 +90,7 @@ def _target_svd(model: ExtendedUFM) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return U, sigma, Vt
 
 
-def _deep_linear(model: ExtendedUFM, lam_H: float, lams: list[float]) -> Optimum:
+def _deep_linear(model: ExtendedUFM, lam_H: float, lams: list[float], source: str) -> Optimum:
     d, N, L = model.d, model.N, model.depth
     m = L + 1
     Lam = math.exp((math.log(lam_H) + sum(math.log(x) for x in lams)) / m)
@@ -116,7 +116,7 @@ def _deep_linear(model: ExtendedUFM, lam_H: float, lams: list[float]) -> Optimum
     Ws.append(U @ np.diag(a(lams[-1])) @ E.T)
     b = jnp.asarray(counts / N) if model.bias else None
     params = DeepParams(jnp.asarray(H), tuple(jnp.asarray(W) for W in Ws), b)
-    return Optimum(value, params)
+    return Optimum(value, params, source)
 
 
 def _delegate_to_ufm(model: ExtendedUFM) -> Optimum:
@@ -132,7 +132,7 @@ def _delegate_to_ufm(model: ExtendedUFM) -> Optimum:
         bias=model.bias,
     )
     opt = optimum(ufm_model)
-    return Optimum(opt.value, DeepParams(opt.params.H, (opt.params.W,), opt.params.b))
+    return Optimum(opt.value, DeepParams(opt.params.H, (opt.params.W,), opt.params.b), opt.source)
 
 
 @optimum.register
@@ -173,4 +173,6 @@ def _(model: ExtendedUFM) -> Optimum:
                 f"(Sukenik, Lampert & Mondelli 2024; got depth={L}, K={K}): lower-rank solutions "
                 "can win, so the deep-linear value is only an upper bound (docs/theory.md §5)"
             )
-    return _deep_linear(model, lam_H, lams)
+        relu = "Tirer & Bruna 2022" if L == 2 else "Sukenik et al. 2023"  # depth 2, or K = 2
+        return _deep_linear(model, lam_H, lams, f"Dang et al. 2023; {relu}")
+    return _deep_linear(model, lam_H, lams, "Dang et al. 2023")

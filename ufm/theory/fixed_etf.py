@@ -70,8 +70,10 @@ def _(model: FixedETFUFM) -> Optimum:
     if model.h_budget == "class" and not model.balanced:
         r = fixed_etf_radii(counts, E_H)
         value = float(np.sum(counts / counts.sum() * [sphere_ce_value(K, x) for x in r]))
+        source = "docs/theory.md §19"  # the paper's uniform radius is not optimal here
     else:
         r = np.full(K, math.sqrt(E_H))
         value = sphere_ce_value(K, math.sqrt(E_H))
+        source = "Yang et al. 2022"
     H = np.repeat(np.asarray(model.W).T * r[None, :], counts, axis=1)
-    return Optimum(value, jnp.asarray(H))
+    return Optimum(value, jnp.asarray(H), source)

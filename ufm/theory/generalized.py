@@ -123,7 +123,7 @@ def ufm_low_dim(model: UFM, lam_W: float, lam_H: float) -> Optimum:
     rho, value = polygon_ufm_scale(K, c)
     W = math.sqrt(rho * math.sqrt(n * lam_H / lam_W)) * polygon(K, d)
     H = np.repeat((math.sqrt(lam_W / (n * lam_H)) * W).T, n, axis=1)
-    return Optimum(value, Params(jnp.asarray(W), jnp.asarray(H), None))
+    return Optimum(value, Params(jnp.asarray(W), jnp.asarray(H), None), "Jiang et al. 2024")
 
 
 # --- the sphere (ufm.NormalizedUFM) -----------------------------------------------------------
@@ -145,4 +145,4 @@ def _(model: NormalizedUFM) -> Optimum:
     else:
         U, value = cross_polytope(d), cross_polytope_value(d, inv_tau)
     H = np.repeat(r_H * U.T, model.counts, axis=1)
-    return Optimum(value, Params(jnp.asarray(r_W * U), jnp.asarray(H), None))
+    return Optimum(value, Params(jnp.asarray(r_W * U), jnp.asarray(H), None), "Jiang et al. 2024")

@@ -150,4 +150,4 @@ def _(model: NoisyUFM) -> Optimum:
     W = lam_W**-0.25 * (U_[:, :k] * np.sqrt(S_[:k])) @ R.T
     H = lam_W**0.25 * R @ (np.sqrt(S_[:k])[:, None] * Vt[:k]) @ inv_sqrt_lam
     b = jnp.zeros((K,)) if model.bias else None
-    return Optimum(value, Params(jnp.asarray(W), jnp.asarray(H), b))
+    return Optimum(value, Params(jnp.asarray(W), jnp.asarray(H), b), "docs/theory.md §6.4")

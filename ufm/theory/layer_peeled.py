@@ -64,7 +64,7 @@ def _mse(model: LayerPeeled, E_W: float, E_H: float) -> Optimum:
     hbar = np.zeros((d, K))  # class means: h_k = sqrt(s_k)/(alpha sqrt(n_k)) e_slot
     hbar[slot[keep], keep] = np.sqrt(s[keep]) / (math.sqrt(alpha2) * np.sqrt(counts[keep]))
     H = np.repeat(hbar, model.counts, axis=1)
-    return Optimum(value, Params(jnp.asarray(W), jnp.asarray(H), None))
+    return Optimum(value, Params(jnp.asarray(W), jnp.asarray(H), None), "Fang et al. 2021")
 
 
 @optimum.register
@@ -86,4 +86,5 @@ def _(model: LayerPeeled) -> Optimum:
             "K > d+1 the ETF value is a strict lower bound (docs/theory.md §7)"
         )
     value = sphere_ce_value(K, math.sqrt(E_W * E_H))
-    return Optimum(value, etf_params(K, d, model.counts, math.sqrt(E_W), math.sqrt(E_H)))
+    params = etf_params(K, d, model.counts, math.sqrt(E_W), math.sqrt(E_H))
+    return Optimum(value, params, "Fang et al. 2021")

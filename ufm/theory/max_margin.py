@@ -62,4 +62,4 @@ def _(model: MaxMarginUFM) -> Optimum:
     Y = np.eye(K)[:, np.repeat(np.arange(K), counts)]
     H = R @ ((V * lam**-0.25).T @ Y)  # W H = V V^T Y = P Y
     params = MaxMarginParams(jnp.asarray(W), jnp.asarray(H), jnp.asarray(seli_multipliers(counts)))
-    return Optimum(float(np.sum(np.sqrt(lam))), params)
+    return Optimum(float(np.sum(np.sqrt(lam))), params, "Thrampoulidis et al. 2022")

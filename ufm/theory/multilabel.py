@@ -115,4 +115,4 @@ def _(model: MultiLabelUFM) -> Optimum:
     Hsets = scale * (Zsets @ W)  # (sets, d): h_S = scale W^T z_S
     H = Hsets[model.set_index].T
     b = jnp.zeros((K,)) if model.bias else None
-    return Optimum(value, Params(jnp.asarray(W), jnp.asarray(H), b))
+    return Optimum(value, Params(jnp.asarray(W), jnp.asarray(H), b), "Li et al. 2024")

@@ -69,4 +69,5 @@ def _(model: NormalizedUFM) -> Optimum:
         )
     if d < K - 1:
         raise _too_many_classes(model, inv_tau)
-    return Optimum(sphere_ce_value(K, inv_tau), etf_params(K, d, model.counts, r_W, r_H))
+    params = etf_params(K, d, model.counts, r_W, r_H)
+    return Optimum(sphere_ce_value(K, inv_tau), params, "Yaras et al. 2022")

@@ -72,4 +72,4 @@ def _(model: RegressionUFM) -> Optimum:
     H[:r, :] = (np.sqrt(s)[:, None] * Vr.T) / alpha
     b = np.asarray(model.Y, float).mean(axis=1)
     params = Params(jnp.asarray(W), jnp.asarray(H), jnp.asarray(b))
-    return Optimum(regression_value(lam, c, d), params)
+    return Optimum(regression_value(lam, c, d), params, "Andriopoulos et al. 2024")

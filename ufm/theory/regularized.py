@@ -69,17 +69,20 @@ def _ce(model: UFM, lam_W: float, lam_H: float) -> Optimum:
 
         return ufm_low_dim(model, lam_W, lam_H)
     c = math.sqrt(n * lam_W * lam_H)
-    return _etf_optimum(model, lam_W, lam_H, ce_margin(K, c), ce_value(K, c))
+    return _etf_optimum(model, lam_W, lam_H, ce_margin(K, c), ce_value(K, c), "Zhu et al. 2021")
 
 
-def _etf_optimum(model: UFM, lam_W: float, lam_H: float, s: float, value: float) -> Optimum:
+def _etf_optimum(
+    model: UFM, lam_W: float, lam_H: float, s: float, value: float, source: str
+) -> Optimum:
     """The NC optimum with margin s: W rows a simplex ETF with ||w_k||^2 = rho sqrt(n lam_H/lam_W),
-    rho = (K-1)s/K, h_{k,i} = sqrt(lam_W/(n lam_H)) w_k, b = 0 (§1; shared by CE, LS, FL)."""
+    rho = (K-1)s/K, h_{k,i} = sqrt(lam_W/(n lam_H)) w_k, b = 0 (§1; shared by CE, LS, FL), from
+    the paper `source`."""
     K, d, n = model.K, model.d, model.n
     rho = (K - 1) * s / K
     M = _frame(d, K - 1) @ np.asarray(orthonormal_basis(K)).T * math.sqrt(K / (K - 1))  # (d, K)
     W = math.sqrt(rho * math.sqrt(n * lam_H / lam_W)) * M.T
-    return Optimum(value, _as_params(model, W, _features(model, W, lam_W, lam_H), 0.0))
+    return Optimum(value, _as_params(model, W, _features(model, W, lam_W, lam_H), 0.0), source)
 
 
 # --- label smoothing and focal loss (Zhou et al., NeurIPS 2022; docs/theory.md §6) -------------
@@ -176,7 +179,8 @@ def _mse_no_bias(model: UFM, lam_W: float, lam_H: float) -> Optimum:
     R = np.zeros((d, K))
     R[:, keep] = _frame(d, int(keep.sum()))
     W = (lam_H / lam_W) ** 0.25 * (np.sqrt(t)[:, None] * R.T)
-    return Optimum(value, _as_params(model, W, _features(model, W, lam_W, lam_H), 0.0))
+    H = _features(model, W, lam_W, lam_H)
+    return Optimum(value, _as_params(model, W, H, 0.0), "Tirer & Bruna 2022")
 
 
 def _mse_bias(model: UFM, lam_W: float, lam_H: float, lam_b: float) -> Optimum:
@@ -195,7 +199,8 @@ def _mse_bias(model: UFM, lam_W: float, lam_H: float, lam_b: float) -> Optimum:
         B = np.concatenate([math.sqrt(1 - Kc) * Q, math.sqrt(gamma / K) * np.ones((K, 1))], 1)
         W = math.sqrt(scale) * B @ _frame(d, K).T
         value = Kc - Kc**2 / 2 - K * c**2 / (2 * lam_b)
-        return Optimum(value, _as_params(model, W, _features(model, W, lam_W, lam_H), c / lam_b))
+        H = _features(model, W, lam_W, lam_H)
+        return Optimum(value, _as_params(model, W, H, c / lam_b), "Zhou et al. 2022")
     if d < K - 1:
         raise NoClosedForm(f"MSE with a bias needs d >= K-1, got d={d}, K={K}")
     shift = lam_b / (2 * K * (1 + lam_b))  # 0 for a free bias
@@ -206,7 +211,8 @@ def _mse_bias(model: UFM, lam_W: float, lam_H: float, lam_b: float) -> Optimum:
     else:
         value = (K - 1) * (c - K * c**2 / 2) + shift
         W = math.sqrt(scale * (1 - Kc)) * Q @ _frame(d, K - 1).T
-    return Optimum(value, _as_params(model, W, _features(model, W, lam_W, lam_H), b))
+    H = _features(model, W, lam_W, lam_H)
+    return Optimum(value, _as_params(model, W, H, b), "Zhou et al. 2022")
 
 
 def _ls_focal(model: UFM, lam_W: float, lam_H: float) -> Optimum:
@@ -219,9 +225,10 @@ def _ls_focal(model: UFM, lam_W: float, lam_H: float) -> Optimum:
     c = math.sqrt(n * lam_W * lam_H)
     if model.loss == "ls":
         alpha = as_float(model.alpha)
-        return _etf_optimum(model, lam_W, lam_H, ls_margin(K, c, alpha), ls_value(K, c, alpha))
-    s, value = focal_margin(K, c, as_float(model.gamma))
-    return _etf_optimum(model, lam_W, lam_H, s, value)
+        s, value = ls_margin(K, c, alpha), ls_value(K, c, alpha)
+    else:
+        s, value = focal_margin(K, c, as_float(model.gamma))
+    return _etf_optimum(model, lam_W, lam_H, s, value, "Zhou et al. 2022")
 
 
 @optimum.register

@@ -44,4 +44,4 @@ def _(model: SupConUFM) -> Optimum:
             "ETF value is a strict lower bound"
         )
     H = etf_params(K, d, model.counts, 1.0, 1.0).H
-    return Optimum(supcon_value(K, model.n, as_float(model.tau)), H)
+    return Optimum(supcon_value(K, model.n, as_float(model.tau)), H, "Graf et al. 2021")
