@@ -10,6 +10,9 @@ or JAX backends already started (then JAX keeps what it has; ``cpu_devices_note(
 **Compilation cache.** `enable_compilation_cache` stores compiled executables on disk, so a new
 process that solves a problem seen before skips XLA compilation; `compilation_cache` does the
 same for the time of a block (the command line uses it for every command but ``bench``).
+
+**Code that runs once per run** (a run's start, its final metrics) is compiled on CPU with fewer
+LLVM passes (`once_options`): there compiling costs more than running.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = [
     "compilation_cache",
     "default_cache_dir",
     "cpu_devices_note",
+    "once_options",
 ]
 
 _CACHE_OPTIONS = (
@@ -112,3 +116,13 @@ def compilation_cache(path: str | os.PathLike | None = None) -> Iterator[str]:
 
 
 _use_every_cpu_core()  # at import, before any other ufm module can start JAX's backends
+
+
+def once_options(platform: str, random: bool) -> dict | None:
+    """XLA compiler options for code that runs once per run, or None (the default, full
+    optimisation) off CPU. On CPU: LLVM optimisation level 1 where it draws random numbers (the
+    threefry hash runs 7x slower without LLVM's passes, for 30% more compile time than level 0:
+    a start), else level 0 (half the default's compile time; e.g. final metrics)."""
+    if platform != "cpu":
+        return None
+    return {"xla_backend_optimization_level": 1 if random else 0}

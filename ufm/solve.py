@@ -17,6 +17,7 @@ from ufm._static import Static
 from ufm.loop import RESULTS, build, history_capacity, history_rows, iterate
 from ufm.models._base import check_int
 from ufm.optimizers import lbfgs
+from ufm.runtime import once_options
 
 __all__ = [
     "Result",
@@ -219,7 +220,7 @@ def solve(
     needed, rows = history_rows(steps, record_every), history_capacity(steps, record_every)
     split = metrics and needed == 2 and hasattr(model, "metrics")
     kw = dict(optimizer=Static(optimizer), metrics=metrics and not split, rows=rows)
-    start, metric_rows = _once(jax.default_backend() == "cpu")
+    start, metric_rows = _once(jax.default_backend())
     _prepare(model, key, init, (steps, record_every, tol), kw, split)
     params0 = start(model, key) if init is None else init
     res = _solve_jit(model, params0, steps, record_every, tol, **kw)
@@ -254,12 +255,12 @@ def _rows_body(model, params0, res: Result) -> dict[str, Array]:
 
 
 @functools.cache
-def _once(cpu: bool) -> tuple:
+def _once(platform: str) -> tuple:
     """(start, metric rows): the jitted ``model.init(key)`` and `_rows_body`, which run once per
-    solve: on CPU compiled without the expensive LLVM passes (half the compile time)."""
-    options = {"xla_backend_optimization_level": 0} if cpu else None
-    start = jax.jit(lambda model, key: model.init(key), compiler_options=options)
-    return start, jax.jit(_rows_body, compiler_options=options)
+    solve, compiled with `ufm.runtime.once_options`."""
+    init = lambda model, key: model.init(key)  # noqa: E731
+    start = jax.jit(init, compiler_options=once_options(platform, random=True))
+    return start, jax.jit(_rows_body, compiler_options=once_options(platform, random=False))
 
 
 _PREPARED: set = set()  # signatures whose executables are compiled
@@ -274,7 +275,7 @@ def _prepare(model, key, init, traced: tuple, kw: dict, split: bool) -> None:
                  *sorted(kw.items()))  # fmt: skip
     if signature in _PREPARED:
         return
-    start, metric_rows = _once(jax.default_backend() == "cpu")
+    start, metric_rows = _once(jax.default_backend())
     params0 = jax.eval_shape(model.init, key) if init is None else init
     lowered = [_solve_jit.lower(model, params0, *traced, **kw)]
     if init is None:

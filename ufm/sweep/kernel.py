@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from ufm._static import Static
 from ufm.loop import Loop, LoopState, advance, build, start_history
+from ufm.runtime import once_options
 
 __all__ = [
     "RUN_AXIS",
@@ -196,8 +197,8 @@ def _sharded(cfg: Config, body: Callable, n_per_run: int, n_shared: int, **jit_k
 @functools.lru_cache(maxsize=64)
 def compiled_start(cfg: Config):
     """``fn(leaves, hparams, seeds, *tol) -> carry`` (`tol` iff ``cfg.use_tol``). It runs once
-    per run: compiled like `compiled_finish`."""
-    return _sharded(cfg, _start_body, 3, 0, compiler_options=_once(cfg))
+    per run: compiled with `ufm.runtime.once_options` (for random numbers)."""
+    return _sharded(cfg, _start_body, 3, 0, compiler_options=_once(cfg, random=True))
 
 
 @functools.lru_cache(maxsize=64)
@@ -207,18 +208,16 @@ def compiled_advance(cfg: Config):
     return _sharded(cfg, _advance_body, 3, 3, donate_argnums=(2,))
 
 
-def _once(cfg: Config) -> dict | None:
-    """Compiler options for code that runs once per run: on CPU without the expensive LLVM
-    passes (half the compile time; the run time of a start or of final metrics is small)."""
-    cpu = cfg.mesh.devices.flat[0].platform == "cpu"
-    return {"xla_backend_optimization_level": 0} if cpu else None
+def _once(cfg: Config, random: bool) -> dict | None:
+    """`ufm.runtime.once_options` for the platform of `cfg`'s devices."""
+    return once_options(cfg.mesh.devices.flat[0].platform, random)
 
 
 @functools.lru_cache(maxsize=64)
 def compiled_finish(cfg: Config):
     """``fn(leaves, hparams, carry, *tol) -> outputs``. It runs once per run: compiled with
-    `_once`'s options."""
-    return _sharded(cfg, _finish_body, 3, 0, compiler_options=_once(cfg))
+    `ufm.runtime.once_options`."""
+    return _sharded(cfg, _finish_body, 3, 0, compiler_options=_once(cfg, random=False))
 
 
 _PREPARED: dict[Any, int | None] = {}  # (configuration, call size) -> bytes per advance call
