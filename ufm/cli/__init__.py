@@ -269,20 +269,32 @@ def _cache_options() -> argparse.ArgumentParser:
     return c
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ufm", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    cache = _cache_options()
-    d = sub.add_parser(
-        "demo",
-        parents=[cache],
-        help="solve a UFM to its global optimum and compare with the closed form",
-        description="Solve a regularised UFM with L-BFGS in float64, print a theory-vs-simulation "
-        "table (objective, NC1-NC4, Gram of W vs the predicted frame, norm ratio) and save a "
-        "figure (metrics vs step, Gram of W next to the predicted Gram). Exit code 1 if a gap "
-        "exceeds --gap-tol.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _command(sub, name: str, func, help: str, description: str, parents=(), fmt=None):
+    """A sub-command `name` that calls `func(args)`."""
+    p = sub.add_parser(name, parents=list(parents), help=help, description=description,
+                       formatter_class=fmt or argparse.HelpFormatter)  # fmt: skip
+    p.set_defaults(func=func)
+    return p
+
+
+def _config_command(sub, cache, name: str, func, help: str, description: str, fmt=None):
+    """A sub-command reading a TOML file and saving what it computes (`ufm sweep`, `ufm run`)."""
+    p = _command(sub, name, func, help, description, [cache], fmt)
+    p.add_argument("config", help=f"the TOML file describing the {name}")
+    p.add_argument("--out", default=None, help="where to save (default: the file's [sweep] out)")
+    return p
+
+
+def _demo_command(sub, cache) -> None:
+    d = _command(
+        sub, "demo", _demo,
+        "solve a UFM to its global optimum and compare with the closed form",
+        "Solve a regularised UFM with L-BFGS in float64, print a theory-vs-simulation table "
+        "(objective, NC1-NC4, Gram of W vs the predicted frame, norm ratio) and save a figure "
+        "(metrics vs step, Gram of W next to the predicted Gram). Exit code 1 if a gap exceeds "
+        "--gap-tol.",
+        [cache], argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
     d.add_argument("--K", type=int, default=10, help="number of classes")
     d.add_argument("--d", type=int, default=64, help="feature dimension")
     d.add_argument("--n", type=int, default=50, help="samples per class")
@@ -295,55 +307,50 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialisation")
     d.add_argument("--gap-tol", type=float, default=1e-6, help="largest acceptable gap")
     d.add_argument("--out", default="ufm_demo.png", help="path of the PNG figure")
-    d.set_defaults(func=_demo)
-    w = sub.add_parser(
-        "sweep",
-        parents=[cache],
-        help="run a sweep (seeds x hyperparameter grid) described in a TOML file and save it",
-        description="Run `ufm.sweep` as described in CONFIG.toml, print the median and 95% "
-        "interval over seeds of the objective and NC metrics per grid point, and save the sweep "
-        "(.npz with JSON metadata; read it back with ufm.load_sweep). Exit code 2 on a bad "
-        "configuration, with the file, table and key named.\n\n" + _config_schema(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    w.add_argument("config", help="the TOML file describing the sweep")
-    w.add_argument("--out", default=None, help="where to save (default: the file's [sweep] out)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ufm", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    cache = _cache_options()
+    _demo_command(sub, cache)
+    w = _config_command(
+        sub, cache, "sweep", _sweep,
+        "run a sweep (seeds x hyperparameter grid) described in a TOML file and save it",
+        "Run `ufm.sweep` as described in CONFIG.toml, print the median and 95% interval over "
+        "seeds of the objective and NC metrics per grid point, and save the sweep (.npz with "
+        "JSON metadata; read it back with ufm.load_sweep). Exit code 2 on a bad configuration, "
+        "with the file, table and key named.\n\n" + _config_schema(),
+        argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     w.add_argument("--quiet", action="store_true", help="no progress bar")
-    w.set_defaults(func=_sweep)
-    r = sub.add_parser(
-        "run",
-        parents=[cache],
-        help="solve one model described in a TOML file (all [grid] values numbers) and save it",
-        description="Solve the model of CONFIG.toml (the schema of `ufm sweep`, with numbers only "
-        "in [grid]) for its seeds, keep the final parameters and save them; `ufm check` compares "
-        "the saved file with theory.",
-    )
-    r.add_argument("config", help="the TOML file describing the run")
-    r.add_argument("--out", default=None, help="where to save (default: the file's [sweep] out)")
-    r.set_defaults(func=_run)
-    c = sub.add_parser(
-        "check",
-        parents=[cache],
-        help="compare a saved run (or sweep with parameters) with the global optimum",
-        description="Load a file written by `ufm run` (or `Sweep.save` with keep_params=True) "
-        "and print, for every run, the theory-vs-simulation table of `ufm.check`: against the "
-        "closed-form optimum where one is known, else a certified optimum (`ufm.certify`, whose "
-        "duality gap the table's first line reports). Exit code 1 if a gap exceeds --gap-tol.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    _config_command(
+        sub, cache, "run", _run,
+        "solve one model described in a TOML file (all [grid] values numbers) and save it",
+        "Solve the model of CONFIG.toml (the schema of `ufm sweep`, with numbers only in [grid]) "
+        "for its seeds, keep the final parameters and save them; `ufm check` compares the saved "
+        "file with theory.",
+    )  # fmt: skip
+    c = _command(
+        sub, "check", _check,
+        "compare a saved run (or sweep with parameters) with the global optimum",
+        "Load a file written by `ufm run` (or `Sweep.save` with keep_params=True) and print, for "
+        "every run, the theory-vs-simulation table of `ufm.check`: against the closed-form "
+        "optimum where one is known, else a certified optimum (`ufm.certify`, whose duality gap "
+        "the table's first line reports). Exit code 1 if a gap exceeds --gap-tol.",
+        [cache], argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
     c.add_argument("result", help="the .npz file")
     c.add_argument("--gap-tol", type=float, default=1e-6, help="largest acceptable gap")
-    c.set_defaults(func=_check)
-    b = sub.add_parser(
-        "bench",
-        help="run a benchmark script of the checkout (B1, B2, B3, B5, phase; B4 on a GPU)",
-        description="Run a benchmark script from the checkout's benchmarks/ folder; the "
-        "remaining arguments go to the script (try: ufm bench B1 --help).",
-    )
+    b = _command(
+        sub, "bench", _bench,
+        "run a benchmark script of the checkout (B1, B2, B3, B5, phase; B4 on a GPU)",
+        "Run a benchmark script from the checkout's benchmarks/ folder; the remaining arguments "
+        "go to the script (try: ufm bench B1 --help).",
+    )  # fmt: skip
     b.add_argument("which", choices=["B1", "B2", "B3", "B4", "B5", "phase"],
                    help="which benchmark")  # fmt: skip
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the script")
-    b.set_defaults(func=_bench)
     return p
 
 
