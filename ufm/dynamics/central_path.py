@@ -31,7 +31,7 @@ from jax import Array
 from ufm.dynamics.flows import FlowResult, gradient_flow, integrate, time_grid
 from ufm.dynamics.laws import check_ufm
 from ufm.metrics.dynamics import snr_singular_values
-from ufm.metrics.nc import _class_stats, nc_metrics
+from ufm.metrics.nc import class_stats, nc_metrics
 from ufm.models._base import check_choice, check_real, is_concrete
 from ufm.models.ufm import Params
 
@@ -84,7 +84,7 @@ def ridge_classifier(H: Array, labels: Array, K: int, lam_W=0.0) -> tuple[Array,
 def renormalize(H: Array, labels: Array, K: int) -> Array:
     """Sigma_W^{-1/2} (H - mu_G 1ᵀ): features with identity within-class covariance and zero
     global mean (Sigma_W from `nc_metrics`'s conventions; it must be invertible)."""
-    _, _, _, mu_G, R = _class_stats(H, labels, K, "weighted")
+    _, _, _, mu_G, R = class_stats(H, labels, K, "weighted")
     e, V = jnp.linalg.eigh(R @ R.T / H.shape[1])
     return (V / jnp.sqrt(e)[None, :]) @ V.T @ (H - mu_G[:, None])
 

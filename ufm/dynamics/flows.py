@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array, lax
 
-from ufm.dynamics.le_sde import check_steps, strong
+from ufm.dynamics.le_sde import check_blocks, strong
 from ufm.loop import RESULTS, build
 from ufm.metrics.dynamics import flow_metrics
 from ufm.models._base import check_choice, check_real
@@ -139,7 +139,7 @@ def time_grid(t, dt, record_every) -> tuple[Array, int, Array]:
     steps = int(round(t / dt))
     if steps < 1 or abs(steps * dt - t) > 1e-9 * t:
         raise ValueError(f"t must be a positive multiple of dt={dt}, got t={t}")
-    check_steps(steps, record_every)
+    check_blocks(steps, record_every)
     return strong(dt), steps // record_every, strong(record_every)
 
 

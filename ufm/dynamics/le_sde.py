@@ -142,8 +142,10 @@ def strong(x) -> Array:
     return jnp.asarray(x, dtype=jnp.result_type(x))
 
 
-def check_steps(steps, record_every) -> None:
-    """steps and record_every positive integers, steps a multiple of record_every."""
+def check_blocks(steps, record_every) -> None:
+    """steps and record_every positive integers, steps a multiple of record_every: a fixed-step
+    integrator records in whole blocks of record_every steps (`ufm.solve.check_steps` is the
+    rule of the optimisation loop, whose last record may come early)."""
     check_int("steps", steps, 1)
     check_int("record_every", record_every, 1)
     if steps % record_every:
@@ -191,7 +193,7 @@ def simulate(
     """
     if not isinstance(cfg, LESDE):
         raise ValueError(f"cfg must be an LESDE, got cfg={cfg!r}")
-    check_steps(steps, record_every)
+    check_blocks(steps, record_every)
     check_real("h", h, strict=True)
     x0 = _check_x0(cfg, x0)
     cfg, x0, h, every = jax.tree.map(strong, (cfg, x0, h, record_every))
@@ -225,7 +227,7 @@ def le_sweep(
         raise ValueError(
             f"alpha and beta must be scalars or 1-D grids, got alpha.shape={alpha.shape}"
         )
-    check_steps(steps, record_every)
+    check_blocks(steps, record_every)
     check_real("h", h, strict=True)
     x0 = _check_x0(cfg, x0)
     keys = jax.random.split(key, trials)

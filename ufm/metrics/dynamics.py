@@ -13,7 +13,7 @@ from jax import Array
 
 from ufm.geometry import centering
 from ufm.losses import cross_entropy
-from ufm.metrics.nc import _class_stats, nc_metrics
+from ufm.metrics.nc import class_stats, nc_metrics
 
 __all__ = [
     "ncc_accuracy",
@@ -166,7 +166,7 @@ def snr_singular_values(H: Array, labels: Array, K: int, lam: float | Array = 0.
       are nonzero).
     """
     d, N = H.shape
-    _, _, M, mu_G, R = _class_stats(H, labels, K, "weighted")
+    _, _, M, mu_G, R = class_stats(H, labels, K, "weighted")
     Mbar = M - mu_G[:, None]
     L = jnp.linalg.cholesky(R @ R.T / N + lam * jnp.eye(d, dtype=H.dtype))
     # L^{-1} = Q (Sigma_W + lam I)^{-1/2} with Q orthogonal: the same singular values

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ufm.metrics.nc import _class_stats, _trace_ratio
+from ufm.metrics.nc import class_stats, trace_ratio
 
 __all__ = [
     "gnc_metrics",
@@ -127,7 +127,7 @@ def gnc_metrics(H: Array, labels: Array, W: Array, steps: int = 2000) -> dict[st
         features and mu_G their mean (GNC3).
     """
     K = W.shape[0]
-    _, _, M, mu_G, R = _class_stats(
+    _, _, M, mu_G, R = class_stats(
         H / jnp.linalg.norm(H, axis=0, keepdims=True), labels, K, "weighted"
     )
     Mc = M - mu_G[:, None]  # centred class means of the normalised features
@@ -136,6 +136,6 @@ def gnc_metrics(H: Array, labels: Array, W: Array, steps: int = 2000) -> dict[st
         "one_vs_rest": jnp.min(one_vs_rest_distances(W, steps)),
         "min_pairwise": min_pairwise_distance(W),
         "energy": hyperspherical_energy(W),
-        "nc1_normalized": _trace_ratio(R, Mc),
+        "nc1_normalized": trace_ratio(R, Mc),
         "self_duality": jnp.mean(1.0 - cos),
     }

@@ -16,7 +16,7 @@ from jax import Array
 
 from ufm.geometry import etf_gram, orthonormal_basis
 
-__all__ = ["gram_gap", "nc1_trace", "nc_metrics"]
+__all__ = ["class_stats", "gram_gap", "nc1_trace", "nc_metrics", "trace_ratio"]
 
 _MEANS = ("weighted", "unweighted", "zero")
 _mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)  # no TF32/bf16 passes
@@ -194,13 +194,19 @@ def nc1_trace(H: Array, labels: Array, K: int, mean: str = "weighted") -> Array:
       A scalar array (jit- and vmap-able; K and mean static).
     """
     H, labels, _, _, K = _check(H, labels, None, None, K, mean, 0.0)
-    _, _, M, mu_G, R = _class_stats(H, labels, K, mean)
-    return _trace_ratio(R, M - mu_G[:, None])
+    _, _, M, mu_G, R = class_stats(H, labels, K, mean)
+    return trace_ratio(R, M - mu_G[:, None])
 
 
-def _class_stats(H, labels, K: int, mean: str):
-    """(Y (N, K) one-hot, counts (K,), class means M (d, K), global mean mu_G (d,), residuals
-    R = H - [mu_{y_i}]_i (d, N))."""
+def class_stats(H: Array, labels: Array, K: int, mean: str):
+    """The class statistics every NC metric starts from, for features H (d, N) with integer
+    `labels` (N,) in [0, K):
+
+        Y (N, K) one-hot,  counts n_k = sum_i Y_ik,  class means mu_k = (1/n_k) sum_{y_i = k} h_i
+        (M = [mu_1 .. mu_K], d x K),  residuals R = H - M Y^T (h_i - mu_{y_i}, d x N),
+
+    and the global mean mu_G: (1/N) sum_i h_i ("weighted"), (1/K) sum_k mu_k ("unweighted") or
+    0 ("zero"). Returns (Y, counts, M, mu_G, R); traceable (`mean` and K static)."""
     Y = jax.nn.one_hot(labels, K, dtype=H.dtype)
     counts = Y.sum(0)
     M = _mm(H, Y) / counts[None, :]
@@ -213,15 +219,16 @@ def _class_stats(H, labels, K: int, mean: str):
     return Y, counts, M, mu_G, H - _mm(M, Y.T)
 
 
-def _trace_ratio(R: Array, Mbar: Array) -> Array:
-    """tr(Sigma_W)/tr(Sigma_B) = (||R||^2/N)/(||Mbar||^2/K), NaN when Mbar = 0."""
+def trace_ratio(R: Array, Mbar: Array) -> Array:
+    """tr(Sigma_W)/tr(Sigma_B) = (||R||^2/N)/(||Mbar||^2/K) from the residuals R (d, N) and the
+    centred class means Mbar (d, K) of `class_stats`; NaN when Mbar = 0."""
     return _div(jnp.sum(R**2) / R.shape[1], jnp.sum(Mbar**2) / Mbar.shape[1])
 
 
 @functools.partial(jax.jit, static_argnames=("K", "mean"))
 def _nc_metrics(H, labels, W, b, rcond, *, K: int, mean: str) -> dict[str, Array]:
     d, N = H.shape
-    Y, counts, M, mu_G, R = _class_stats(H, labels, K, mean)
+    Y, counts, M, mu_G, R = class_stats(H, labels, K, mean)
     Mbar = M - mu_G[:, None]
     G = _mm(Mbar.T, Mbar)
 
@@ -238,7 +245,7 @@ def _nc_metrics(H, labels, W, b, rcond, *, K: int, mean: str) -> dict[str, Array
     off = _offdiag(K)
     out = {
         "nc1": jnp.where(lam[-1] > 0, nc1, jnp.nan),
-        "nc1_trace": _trace_ratio(R, Mbar),
+        "nc1_trace": trace_ratio(R, Mbar),
         "cdnv": jnp.mean(_div(Vk[:, None] + Vk[None, :], 2 * D)[off]),
         **_frame_metrics(Mbar, G, "H"),
     }

@@ -30,7 +30,7 @@ from jax import Array
 
 from ufm.losses import cross_entropy
 from ufm.metrics.label_noise import memorization_metrics
-from ufm.metrics.nc import _class_stats, nc_metrics
+from ufm.metrics.nc import class_stats, nc_metrics
 from ufm.models._base import (
     ClassLayout,
     bool_check,
@@ -154,7 +154,7 @@ class NoisyUFM(ClassLayout):
         """lam_W/2 ||W||^2 + lam_H/2 sum_k n_k ||hbar_k||^2 + lam_M/2 sum_i ||h_i - hbar_true||^2
         (+ lam_b/2 ||b||^2)."""
         H = params.H
-        _, counts, means, _, dev = _class_stats(H, self.labels, self.K, "zero")
+        _, counts, means, _, dev = class_stats(H, self.labels, self.K, "zero")
         r = 0.5 * self.lam_W * frobenius_sq(params.W)
         r = r + 0.5 * self.lam_H * jnp.sum(counts * jnp.sum(means * means, axis=0))
         r = r + 0.5 * self.lam_M * frobenius_sq(dev)
