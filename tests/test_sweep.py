@@ -203,6 +203,29 @@ def test_divergence_is_isolated(group_size):
     assert [r["diverged"] for r in sw.summary(keys=["objective"])] == [0, 2, 0, 2]
 
 
+def test_divergence_mid_run_does_not_depend_on_where_stretches_end():
+    """lr = 1e6 diverges after 26 or 27 steps, at a different step in different runs of one
+    vmapped group. The group steps unguarded until an attempt fails, then computes that stretch
+    again with the failed runs masked; record points end stretches, so different record
+    intervals restart from different places: every result must still be bitwise the same, each
+    diverged run frozen at its last finite iterate (the objective of an independent solve
+    stopped one step before its failure), and the other runs must equal independent solves."""
+    grid = {"lam_W": [1e-3, 1e-2], "learning_rate": [0.3, 1e6]}
+    kw = dict(seeds=2, steps=40, optimizer=optax.sgd, progress=False, group_size=4)
+    sweeps = [ufm.sweep(MODEL, grid, **kw, record_every=r) for r in (None, 7, 3)]
+    taken = sweeps[0].steps_taken[:, 1]
+    assert (sweeps[0].status[:, 1] == NONFINITE).all() and len(np.unique(taken)) > 1
+    for sw in sweeps[1:]:
+        for name in ("objective", "steps_taken", "status", "grad_norm"):
+            np.testing.assert_array_equal(getattr(sw, name), getattr(sweeps[0], name))
+    for i, lam in enumerate(grid["lam_W"]):
+        for s in range(2):
+            frozen = _solve(lam, 1e6, s, steps=int(taken[i, s]), record_every=1)
+            np.testing.assert_allclose(sweeps[0].objective[i, 1, s], frozen.objective, rtol=SAME)
+            going = _solve(lam, 0.3, s, steps=40)
+            np.testing.assert_allclose(sweeps[0].objective[i, 0, s], going.objective, rtol=SAME)
+
+
 def test_chunks_to_a_memory_budget_give_the_same_results(base):
     """memory_budget=1 byte: one run per chunk; same numbers, and (keep_params) the final
     parameters of every run."""
