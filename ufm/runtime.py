@@ -13,6 +13,10 @@ same for the time of a block (the command line uses it for every command but ``b
 
 **Code that runs once per run** (a run's start, its final metrics) is compiled on CPU with fewer
 LLVM passes (`once_options`): there compiling costs more than running.
+
+**Compiling while tracing.** `compile_soon` compiles a lowered function in a background thread:
+XLA compiles without Python's lock, so while the caller traces and lowers the next function of a
+solve or a sweep, the previous one compiles on another core.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
 
@@ -29,6 +34,7 @@ __all__ = [
     "default_cache_dir",
     "cpu_devices_note",
     "once_options",
+    "compile_soon",
 ]
 
 _CACHE_OPTIONS = (
@@ -126,3 +132,12 @@ def once_options(platform: str, random: bool) -> dict | None:
     if platform != "cpu":
         return None
     return {"xla_backend_optimization_level": 1 if random else 0}
+
+
+_COMPILERS = ThreadPoolExecutor(4, thread_name_prefix="ufm-compile")
+
+
+def compile_soon(lowered: jax.stages.Lowered) -> Future:
+    """``lowered.compile()`` started now in a background thread; the future's result is the
+    compiled function (module docstring)."""
+    return _COMPILERS.submit(lowered.compile)

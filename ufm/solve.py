@@ -4,7 +4,6 @@ call (the loop of `ufm.loop`), recording statistics every k steps, and report ho
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -17,7 +16,7 @@ from ufm._static import Static
 from ufm.loop import RESULTS, build, history_capacity, history_rows, iterate
 from ufm.models._base import check_int
 from ufm.optimizers import lbfgs
-from ufm.runtime import once_options
+from ufm.runtime import compile_soon, once_options
 
 __all__ = [
     "Result",
@@ -267,9 +266,9 @@ _PREPARED: set = set()  # signatures whose executables are compiled
 
 
 def _prepare(model, key, init, traced: tuple, kw: dict, split: bool) -> None:
-    """The first time a signature is seen, compile its executables (the start unless `init`
-    is given, the loop, the metric rows when `split`) at once, in threads: XLA compiles
-    without the GIL."""
+    """The first time a signature is seen, compile its executables (the loop, the start unless
+    `init` is given, the metric rows when `split`), each as soon as it is lowered
+    (`ufm.runtime.compile_soon`: the loop compiles while the others are traced)."""
     avals = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), (model, key, init))
     signature = (jax.tree.structure((model, init)), str(avals), traced[2] is None, split,
                  *sorted(kw.items()))  # fmt: skip
@@ -277,12 +276,12 @@ def _prepare(model, key, init, traced: tuple, kw: dict, split: bool) -> None:
         return
     start, metric_rows = _once(jax.default_backend())
     params0 = jax.eval_shape(model.init, key) if init is None else init
-    lowered = [_solve_jit.lower(model, params0, *traced, **kw)]
+    compiling = [compile_soon(_solve_jit.lower(model, params0, *traced, **kw))]
     if init is None:
-        lowered.append(start.lower(model, key))
+        compiling.append(compile_soon(start.lower(model, key)))
     if split:
         res = jax.eval_shape(functools.partial(_solve_jit, **kw), model, params0, *traced)
-        lowered.append(metric_rows.lower(model, params0, res))
-    with ThreadPoolExecutor(len(lowered)) as pool:
-        list(pool.map(lambda lo: lo.compile(), lowered))
+        compiling.append(compile_soon(metric_rows.lower(model, params0, res)))
+    for c in compiling:
+        c.result()
     _PREPARED.add(signature)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from ufm._static import Static
 from ufm.loop import Loop, LoopState, advance, build, start_history
-from ufm.runtime import once_options
+from ufm.runtime import compile_soon, once_options
 
 __all__ = [
     "RUN_AXIS",
@@ -222,15 +222,14 @@ def compiled_finish(cfg: Config):
 
 _PREPARED: dict[Any, int | None] = {}  # (configuration, call size) -> bytes per advance call
 _FINISHING: dict[Any, Future] = {}  # (configuration, call size) -> `finish` compiling
-_BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="ufm-compile")
 
 
 def prepare(cfg: Config, args: tuple, seeds, scalars: tuple, tol: tuple, runs) -> int | None:
-    """Compile `start` and `advance` for one configuration and call size at once, in two
-    threads (XLA compiles without the GIL), and `finish` in the background, where it overlaps
-    the first steps (`finished` waits for it), unless done before. Returns the bytes one
-    `advance` call needs on a device (arguments, outputs, temporaries, as XLA reports it; None
-    where the backend does not say).
+    """Compile `finish`, `start` and `advance` for one configuration and call size, unless done
+    before, each as soon as it is lowered (`ufm.runtime.compile_soon`): `finish` compiles while
+    the others are traced and lowered, and on after the first steps have begun (`finished`
+    waits for it). Returns the bytes one `advance` call needs on a device (arguments, outputs,
+    temporaries, as XLA reports it; None where the backend does not say).
 
     Args:
       cfg: the configuration.
@@ -246,13 +245,12 @@ def prepare(cfg: Config, args: tuple, seeds, scalars: tuple, tol: tuple, runs) -
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=runs, weak_type=x.weak_type),
             shapes,
         )
-        lowered = [start.lower(*args, seeds, *tol), step.lower(*args, carry, *scalars, *tol)]
-        last = finish.lower(*args, carry, *tol)
-        with ThreadPoolExecutor(len(lowered)) as pool:
-            compiled = list(pool.map(lambda lo: lo.compile(), lowered))
-        _FINISHING[key] = _BACKGROUND.submit(last.compile)
+        loop = compile_soon(step.lower(*args, carry, *scalars, *tol))
+        first = compile_soon(start.lower(*args, seeds, *tol))
+        _FINISHING[key] = compile_soon(finish.lower(*args, carry, *tol))
+        loop, _ = loop.result(), first.result()
         try:
-            m = compiled[1].memory_analysis()
+            m = loop.memory_analysis()
             total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
             total -= m.alias_size_in_bytes  # outputs written over donated arguments
             _PREPARED[key] = int(total)
