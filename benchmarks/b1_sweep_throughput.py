@@ -9,7 +9,8 @@ Side by side in the same process, the PyTorch peer: the eager loop of the public
 runs one after the other) and the peer at its best (torch.func.vmap of the gradient over the 32
 runs). Reports ratios (the targets are for the user's call), achieved GFLOP/s (6 K d N per
 run-step) and their fraction of this machine's float32 matmul peak (2048 x 2048, best of JAX
-and torch, same run).
+and torch, same run). A floor for scale: the same 32 runs as a bare jitted loop of the GD step
+in plain JAX (no objective, no divergence check, no records), sharded over the same devices.
 
     python benchmarks/b1_sweep_throughput.py [--host-devices 2] [--repeats 5] [--no-peer]
 
@@ -79,6 +80,41 @@ def _timings(steps: int, args) -> dict:
     return t
 
 
+def _bare_step_seconds(steps: int, repeats: int) -> float:
+    """Warm seconds of the floor: B1's 32 runs as a bare jitted loop of the hand-written GD step
+    (no objective, no divergence check, no records, no progress), vmapped over the runs and
+    sharded over the devices like a sweep. What ufm adds is the rest of its row."""
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    N = K * N_PER
+    Y = (jnp.arange(N)[None, :] // N_PER == jnp.arange(K)[:, None]).astype(jnp.float32)
+
+    def step(W, H, b, lam_W):
+        Z = W @ H + b[:, None]
+        L = Z - jax.nn.logsumexp(Z, axis=0, keepdims=True)
+        dZ = (jnp.exp(L) - Y) / N
+        return (W - LR * (dZ @ H.T + lam_W * W), H - LR * (W.T @ dZ + LAM * H),
+                b - LR * (dZ.sum(1) + LAM * b))  # fmt: skip
+
+    @jax.jit
+    def run(W, H, b, lam_W):
+        body = lambda i, p: jax.vmap(step)(*p, lam_W)  # noqa: E731
+        return jax.lax.fori_loop(0, steps, body, (W, H, b))
+
+    R = len(LAM_WS) * SEEDS
+    runs = NamedSharding(Mesh(np.asarray(jax.devices()), ("runs",)), P("runs"))
+    key_W, key_H = jax.random.split(jax.random.key(0))
+    lam_W = jnp.repeat(jnp.asarray(LAM_WS, jnp.float32), SEEDS)
+    args = [jax.device_put(x, runs) for x in (
+        jax.random.normal(key_W, (R, K, D), jnp.float32) / np.sqrt(D),
+        jax.random.normal(key_H, (R, D, N), jnp.float32) / np.sqrt(D),
+        jnp.zeros((R, K), jnp.float32), lam_W)]  # fmt: skip
+    jax.block_until_ready(run(*args))
+    return min(timed(lambda: jax.block_until_ready(run(*args)))[0] for _ in range(repeats))
+
+
 def _ratios(t: dict, warm: float, cold: float, gflops: float, peak: float) -> dict:
     out = {}
     if t["peer"]:
@@ -103,6 +139,7 @@ def main() -> int:
     t = _timings(steps, args)
     warm, warm_tuned, cold, cold_tuned = (t[k] for k in ("warm", "warm_tuned", "cold",
                                                           "cold_tuned"))  # fmt: skip
+    bare = _bare_step_seconds(steps, args.repeats)
     peak_jax = jax_matmul_gflops()
     peak_torch = _peer.matmul_gflops() if _peer.AVAILABLE else 0.0
     peak = max(peak_jax, peak_torch)
@@ -115,6 +152,8 @@ def main() -> int:
         ["ufm.sweep tuned (factory, no bar), warm", f"{warm_tuned:.3f}",
          f"{warm_tuned / warm:.2f}", f"{gflops_tuned:.1f}", f"{gflops_tuned / peak:.0%}"],
         ["ufm.sweep tuned, cold", f"{cold_tuned:.3f}", f"{cold_tuned / warm:.1f}", "", ""],
+        ["floor: a bare jitted GD step, no checks (warm)", f"{bare:.3f}", f"{bare / warm:.2f}",
+         f"{flops / bare / 1e9:.1f}", f"{flops / bare / 1e9 / peak:.0%}"],
     ]  # fmt: skip
     for name, label in (("eager", "torch eager loop"), ("vmap", "torch.func.vmap peer")):
         if name in t["peer"]:
@@ -137,7 +176,7 @@ def main() -> int:
     if t["peer_obj"] is not None:
         peer_med = np.median(np.reshape(t["peer_obj"], (len(LAM_WS), SEEDS)), axis=-1)
         print("torch eager, same problem:                   ", np.round(peer_med, 4).tolist())
-    seconds = {"ufm_cold": cold, "ufm_warm": warm, "ufm_warm_all": t["warm_all"],
+    seconds = {"ufm_cold": cold, "ufm_warm": warm, "ufm_warm_all": t["warm_all"], "bare_step": bare,
                "ufm_tuned_cold": cold_tuned, "ufm_tuned_warm": warm_tuned,
                "ufm_tuned_warm_all": t["tuned_all"],
                **{f"peer_{k}": v for k, v in t["peer"].items()}}  # fmt: skip
