@@ -205,9 +205,10 @@ def test_divergence_is_isolated(group_size):
 
 def test_divergence_mid_run_does_not_depend_on_where_stretches_end():
     """lr = 1e6 diverges after 26 or 27 steps, at a different step in different runs of one
-    vmapped group. The group steps unguarded until an attempt fails, then computes that stretch
-    again with the failed runs masked; record points end stretches, so different record
-    intervals restart from different places: every result must still be bitwise the same, each
+    vmapped group. The group steps unguarded until an attempt fails, then steps again from the
+    previous event (a record point, a stop) up to the failed run's last finite iterate, so
+    different record intervals step again from different places: every result must still be
+    bitwise the same, each
     diverged run frozen at its last finite iterate (the objective of an independent solve
     stopped one step before its failure), and the other runs must equal independent solves."""
     grid = {"lam_W": [1e-3, 1e-2], "learning_rate": [0.3, 1e6]}

@@ -95,9 +95,8 @@ class Loop(NamedTuple):
     record(state) -> dict[str, ()]: what a history stores at a record point: step, objective,
       grad_norm, and ``model.metrics`` unless built with ``metrics=False``.
     attempt(state) -> LoopState: one unguarded step: the new state, whose status is
-      ``nonfinite`` (and iterate possibly not finite) when the step failed. `advance` loops over
-      attempts while every run goes on (no select per step) and falls back to `step` only
-      when one has failed.
+      ``nonfinite`` (and iterate possibly not finite) when the step failed. `advance` steps
+      only by attempts (no select per step) and freezes runs between them.
     """
 
     init: Callable[[Any], LoopState]
@@ -322,15 +321,16 @@ def advance(
     may be traced: one compiled loop serves every budget, and a run can be advanced in segments
     (stop = 100, 200, ...) with results identical to one call.
 
-    Between two record points the runs step by ``loop.attempt`` while every one of them goes
-    on: no select per step, which costs a quarter of a small run's step. Where a run stopped
-    there, the others go on by ``loop.step`` with it masked; where an attempt failed, every run
-    starts that stretch again from its beginning by ``loop.step``, so that the failed run is
-    frozen at its last finite iterate (a stretch computed twice, only in a run that fails).
+    Every run steps by ``loop.attempt``, with no select per step (a select costs a quarter of a
+    small run's step), until an event: a run reaches `stop` or a record point, converges, or
+    fails. A run that converged is then frozen: its state is kept aside and it goes on stepping
+    unseen. A run that failed is frozen at its last finite iterate by stepping every run again
+    from the previous event, the same steps with the same numbers, up to that iterate: only a
+    run that fails costs steps twice, and where events fall (segments, record points) never
+    changes a result. One loop body, so one copy of the optimizer's code to compile.
 
     Args:
-      loop: a `Loop`, or an object with its ``step``, ``attempt`` and ``record`` acting on a
-        whole batch (``step(state, active)`` with a mask per run).
+      loop: a `Loop`, or an object with its ``attempt`` and ``record`` acting on a whole batch.
       state: the runs' state; a batch has leading axes on every leaf (``state.steps.shape``).
       history: from `start_history`, or None to record nothing.
       stop: step count at which to pause (<= max_steps).
@@ -347,14 +347,34 @@ def advance(
         return (s.steps < limit) & (s.status == going)
 
     def steps_to(s, limit):
-        # unguarded attempts while every run goes on (the fast path: no select per step); if
-        # one failed, all start again from `s`, stepped with the runs that must not move masked
-        fast = jax.lax.while_loop(lambda s: jnp.all(running(s, limit)), loop.attempt, s)
-        again = jnp.any(fast.status == failed)
-        s = jax.tree.map(lambda a, b: jnp.where(again, a, b), s, fast)
-        return jax.lax.while_loop(
-            lambda s: jnp.any(running(s, limit)), lambda s: loop.step(s, running(s, limit)), s
-        )
+        # Every run steps by unguarded attempts, no select per step, until an event: a run
+        # reaches `limit`, its last good step, or stops (converged or failed). A run that failed
+        # is given its last good step and every run goes back to the last event's state (the
+        # same steps again, the same numbers); any other run at an event is frozen (its state
+        # kept aside; it goes on stepping unseen). The state at the last event is kept too.
+        never = jnp.full(s.steps.shape, jnp.iinfo(s.steps.dtype).max, s.steps.dtype)
+
+        def per_run(mask, a, b):
+            return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim)), a, b)
+
+        def ends(s, stopped, last):
+            return ~stopped & ((s.steps >= jnp.minimum(limit, last)) | (s.status != going))
+
+        def stretch(t):
+            s, back, frozen, stopped, last = t
+            s = jax.lax.while_loop(lambda s: ~jnp.any(ends(s, stopped, last)), loop.attempt, s)
+            bad = ~stopped & (s.status == failed)
+            again = jnp.any(bad)
+            ended = ends(s, stopped, last) & ~again
+            mark = s._replace(status=jnp.where(s.steps >= last, failed, s.status))
+            frozen = jax.tree.map(lambda a, b: per_run(ended, a, b), mark, frozen)
+            last = jnp.where(bad, s.steps - 1, last)
+            s = jax.tree.map(lambda a, b: jnp.where(again, a, b), back, s)
+            return s, s, frozen, stopped | ended, last
+
+        stopped = ~running(s, limit)
+        t = jax.lax.while_loop(lambda t: ~jnp.all(t[3]), stretch, (s, s, s, stopped, never))
+        return jax.tree.map(lambda a, b: per_run(t[3], a, b), t[2], t[0])
 
     if history is None:
         return steps_to(state, stop), None

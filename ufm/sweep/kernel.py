@@ -81,10 +81,6 @@ class _Group:
         start = lambda lv, hp, p: self.model_loop(lv, hp)[1].init(p)  # noqa: E731
         return self.batched(start)(self.leaves, self.hparams, params0)
 
-    def step(self, s: LoopState, active) -> LoopState:
-        step = lambda lv, hp, s, a: self.model_loop(lv, hp)[1].step(s, a)  # noqa: E731
-        return self.batched(step)(self.leaves, self.hparams, s, active)
-
     def attempt(self, s: LoopState) -> LoopState:
         attempt = lambda lv, hp, s: self.model_loop(lv, hp)[1].attempt(s)  # noqa: E731
         return self.batched(attempt)(self.leaves, self.hparams, s)
