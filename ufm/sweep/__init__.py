@@ -125,8 +125,8 @@ def sweep(
         chunk run one after another. Default: every run of the device's share of the chunk on
         accelerators (one batched kernel per op); on CPU as many as have their loop states
         (parameters, gradient, optimizer state) within 2 MiB, a core's cache, at least 1:
-        every run of a small problem, 8 runs of B1 (1.25x faster than one at a time), one
-        run at a time for large problems.
+        every run of a small problem, 8 runs of B1 (on one device 1.25x faster than one at a
+        time), one run at a time for large problems.
       keep_params: also return the final parameters of every run (memory: runs x model size).
       progress: show a tqdm progress bar (run-steps done, runs done, rate, ETA) on stderr,
         updated about twice a second between segments of steps.
