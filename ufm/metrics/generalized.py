@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ufm.geometry import _unit
 from ufm.metrics.nc import class_stats, trace_ratio
 
 __all__ = [
@@ -127,9 +128,7 @@ def gnc_metrics(H: Array, labels: Array, W: Array, steps: int = 2000) -> dict[st
         features and mu_G their mean (GNC3).
     """
     K = W.shape[0]
-    _, _, M, mu_G, R = class_stats(
-        H / jnp.linalg.norm(H, axis=0, keepdims=True), labels, K, "weighted"
-    )
+    _, _, M, mu_G, R = class_stats(_unit(H, 0), labels, K, "weighted")
     Mc = M - mu_G[:, None]  # centred class means of the normalised features
     cos = jnp.sum(W * Mc.T, axis=1) / (jnp.linalg.norm(W, axis=1) * jnp.linalg.norm(Mc, axis=0))
     return {
