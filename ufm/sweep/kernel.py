@@ -221,11 +221,11 @@ _FINISHING: dict[Any, Future] = {}  # (configuration, call size) -> `finish` com
 
 
 def prepare(cfg: Config, args: tuple, seeds, scalars: tuple, tol: tuple, runs) -> int | None:
-    """Compile `finish`, `start` and `advance` for one configuration and call size, unless done
-    before, each as soon as it is lowered (`ufm.runtime.compile_soon`): `finish` compiles while
-    the others are traced and lowered, and on after the first steps have begun (`finished`
-    waits for it). Returns the bytes one `advance` call needs on a device (arguments, outputs,
-    temporaries, as XLA reports it; None where the backend does not say).
+    """Compile `advance`, `start` and `finish` for one configuration and call size, unless done
+    before, each as soon as it is lowered (`ufm.runtime.compile_soon`): `advance` compiles while
+    the others are traced and lowered, and `finish` goes on compiling after the first steps have
+    begun (`finished` waits for it). Returns the bytes one `advance` call needs on a device
+    (arguments, outputs, temporaries, as XLA reports it; None where the backend does not say).
 
     Args:
       cfg: the configuration.
